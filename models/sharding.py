@@ -1,0 +1,128 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Models name only logical axes (`embed`, `heads`, `mlp`, ...). `LOGICAL_RULES` says where each lives on
+the ('data', 'fsdp', 'tensor') mesh: parameters are sharded FSDP-style over 'fsdp' along their model
+dimension and tensor-parallel over 'tensor' along heads / mlp / vocab; batches over ('data', 'fsdp').
+A dimension whose size the mesh axes do not divide is replicated instead (e.g. 2 KV heads on a
+tensor axis of 4), so every preset runs on every mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+LOGICAL_RULES: dict[str, Any] = {
+    "batch": BATCH_AXES,
+    "length": None,
+    "embed": "fsdp",
+    "vocab": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "layers": None,
+    "norm": None,
+}
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a ('data', 'fsdp', 'tensor') mesh.
+
+    Args:
+      shape: three sizes; one of them may be -1 to take all remaining devices.
+      devices: defaults to all devices of all processes.
+
+    Returns:
+      A `jax.sharding.Mesh` with Auto axis types (GSPMD decides the layouts of intermediates).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = [int(s) for s in shape]
+    if len(shape) != 3:
+        raise ValueError(f"mesh.shape must have 3 entries for {MESH_AXES}, got {tuple(shape)}")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh.shape {tuple(shape)}: sizes must be positive, with at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"mesh.shape {tuple(shape)} does not fit {len(devices)} devices")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(
+            f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices but {len(devices)} are available")
+    # jax.make_mesh would default to Explicit axes in this JAX version; Mesh gives Auto axes.
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh: Mesh | jax.sharding.AbstractMesh | None = None) -> P:
+    """Maps logical axis names to a PartitionSpec via `LOGICAL_RULES`.
+
+    With `shape` and `mesh`, a dimension the mesh axes do not divide is replicated, and a mesh axis is
+    used at most once (the first dimension that asks for it wins).
+    """
+    spec, used = [], set()
+    for i, name in enumerate(names):
+        if name is not None and name not in LOGICAL_RULES:
+            raise KeyError(f"unknown logical axis {name!r}; known: {sorted(LOGICAL_RULES)}")
+        axes = LOGICAL_RULES.get(name) if name is not None else None
+        if axes is None:
+            spec.append(None)
+            continue
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None:
+            sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+            axes = tuple(a for a in axes if sizes.get(a, 1) > 1)
+            if shape is not None and axes and shape[i] % math.prod(sizes[a] for a in axes):
+                axes = ()
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*spec)
+
+
+def named_sharding(mesh: Mesh, names: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrains an activation's layout by logical names under the current mesh (`jax.set_mesh`).
+
+    Outside a mesh context (plain single-device calls) there is nothing to constrain.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def param_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for an nnx.State of Params carrying `logical_axes` metadata."""
+
+    def one(var):
+        names = var.get_metadata().get("logical_axes")
+        if names is None:
+            return var.replace(NamedSharding(mesh, P()))
+        return var.replace(named_sharding(mesh, names, var.get_value().shape))
+
+    import flax.nnx as nnx  # local: keep this module importable without flax for the launcher
+
+    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shards the leading (batch) dimension over ('data', 'fsdp'); the rest is replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def shard_batch(mesh: Mesh, tree: Any) -> Any:
+    """Places host arrays on the mesh, leading dimension over ('data', 'fsdp')."""
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), tree)

@@ -1,0 +1,230 @@
+"""Flax NNX decoder for the Qwen2 / Qwen2.5 / R1-Distill-Qwen / Llama family.
+
+Token embedding -> L x [RMSNorm -> GQA attention with RoPE -> RMSNorm -> SwiGLU MLP] -> RMSNorm -> LM head.
+Layer weights are stacked along a leading `layers` axis and run with `lax.scan`, so compile time does not
+grow with depth. The KV cache is one pair of arrays (L, B, S, K, Dh) carried through the scan and
+updated in place at `cache_index`.
+
+Shapes: b batch, t query tokens, s key slots, d hidden, h query heads, k KV heads, g = h / k, e head dim,
+f MLP width, v vocab, l layers.
+
+Masking: query i sits at slot `cache_index + i` (0 without a cache); it attends to key slot j iff
+j <= its slot and `kv_mask[b, j]`. Left padding is expressed by `kv_mask` being False on pad slots, and
+RoPE positions come separately (the sampler counts them from the first real token).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from models.config import ModelConfig
+from models.sharding import constrain
+
+_NEG_INF = float(np.finfo(np.float32).min)  # finite: fully masked rows (pads) give no NaNs
+
+
+@flax.struct.dataclass
+class KVCache:
+    k: jax.Array  # (l, b, s, k, e)
+    v: jax.Array  # (l, b, s, k, e)
+
+    @classmethod
+    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype=None) -> "KVCache":
+        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+        dtype = dtype or cfg.compute_dtype
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+def _param(rngs: nnx.Rngs | None, shape, names, cfg: ModelConfig, init: str = "normal") -> nnx.Param:
+    dtype = cfg.weight_dtype
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:  # HF's initializer_range
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=tuple(names))
+
+
+class Layers(nnx.Module):
+    """All decoder layers, each weight stacked along a leading `layers` axis."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        l, d, h, k, e, f = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                            cfg.intermediate_size)
+        p = lambda shape, names, init="normal": _param(rngs, shape, names, cfg, init)
+        self.attn_norm = p((l, d), ("layers", "norm"), "ones")
+        self.wq = p((l, d, h, e), ("layers", "embed", "heads", "head_dim"))
+        self.wk = p((l, d, k, e), ("layers", "embed", "kv_heads", "head_dim"))
+        self.wv = p((l, d, k, e), ("layers", "embed", "kv_heads", "head_dim"))
+        self.wo = p((l, h, e, d), ("layers", "heads", "head_dim", "embed"))
+        if cfg.qkv_bias:
+            self.bq = p((l, h, e), ("layers", "heads", "head_dim"), "zeros")
+            self.bk = p((l, k, e), ("layers", "kv_heads", "head_dim"), "zeros")
+            self.bv = p((l, k, e), ("layers", "kv_heads", "head_dim"), "zeros")
+        self.mlp_norm = p((l, d), ("layers", "norm"), "ones")
+        self.w_gate = p((l, d, f), ("layers", "embed", "mlp"))
+        self.w_up = p((l, d, f), ("layers", "embed", "mlp"))
+        self.w_down = p((l, f, d), ("layers", "mlp", "embed"))
+
+    def weights(self) -> dict[str, jax.Array]:
+        return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM. `__call__(tokens, positions, kv_mask, cache, cache_index)` -> (logits, cache)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+        self.layers = Layers(cfg, rngs)
+        self.final_norm = _param(rngs, (cfg.hidden_size,), ("norm",), cfg, "ones")
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+    def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, kv_mask_bs: jax.Array,
+                 cache: KVCache | None = None, cache_index: jax.Array | int = 0,
+                 return_hidden: bool = False):
+        """Runs the decoder.
+
+        Args:
+          tokens_bt: int token ids (b, t).
+          positions_bt: int RoPE positions (b, t).
+          kv_mask_bs: bool (b, s), True on key slots that hold real tokens; s = t without a cache, else the
+            cache length. The new tokens' own slots must be True in it.
+          cache: optional KVCache; the new keys/values are written at slots [cache_index, cache_index + t).
+          cache_index: first slot of this chunk (scalar; traced values are fine).
+          return_hidden: return the final normed hidden states (b, t, d) instead of logits (the sampler
+            and the loss then project only the positions they need).
+
+        Returns:
+          (logits_btv float32 or hidden_btd, updated cache or None).
+        """
+        cfg = self.cfg
+        dtype = cfg.compute_dtype
+        x_btd = jnp.take(self.embed[...], tokens_bt, axis=0).astype(dtype)
+        x_btd = constrain(x_btd, ("batch", "length", None))
+        cos, sin = rope_tables(cfg, positions_bt)
+        t = tokens_bt.shape[1]
+        q_slot_t = cache_index + jnp.arange(t)
+        s = kv_mask_bs.shape[1]
+        allowed_bts = (jnp.arange(s)[None, None, :] <= q_slot_t[None, :, None]) & kv_mask_bs[:, None, :]
+
+        def layer(carry, w):
+            x_btd, ck, cv, i = carry
+            h_btd = rms_norm(x_btd, w["attn_norm"], cfg.rms_norm_eps)
+            q_bthe = jnp.einsum("btd,dhe->bthe", h_btd, w["wq"].astype(dtype))
+            k_btke = jnp.einsum("btd,dke->btke", h_btd, w["wk"].astype(dtype))
+            v_btke = jnp.einsum("btd,dke->btke", h_btd, w["wv"].astype(dtype))
+            if cfg.qkv_bias:
+                q_bthe += w["bq"].astype(dtype)
+                k_btke += w["bk"].astype(dtype)
+                v_btke += w["bv"].astype(dtype)
+            q_bthe = apply_rope(q_bthe, cos, sin)
+            k_btke = apply_rope(k_btke, cos, sin)
+            if ck is not None:  # write this chunk into layer i of the cache, then attend over all slots
+                ck = jax.lax.dynamic_update_slice(ck, k_btke[None].astype(ck.dtype), (i, 0, cache_index, 0, 0))
+                cv = jax.lax.dynamic_update_slice(cv, v_btke[None].astype(cv.dtype), (i, 0, cache_index, 0, 0))
+                k_bske = jax.lax.dynamic_index_in_dim(ck, i, 0, keepdims=False).astype(dtype)
+                v_bske = jax.lax.dynamic_index_in_dim(cv, i, 0, keepdims=False).astype(dtype)
+            else:
+                k_bske, v_bske = k_btke, v_btke
+            o_bthe = attention(q_bthe, k_bske, v_bske, allowed_bts)
+            x_btd = x_btd + jnp.einsum("bthe,hed->btd", o_bthe, w["wo"].astype(dtype))
+            h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps)
+            gate_btf = jnp.einsum("btd,df->btf", h_btd, w["w_gate"].astype(dtype))
+            up_btf = jnp.einsum("btd,df->btf", h_btd, w["w_up"].astype(dtype))
+            act_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "mlp"))
+            x_btd = x_btd + jnp.einsum("btf,fd->btd", act_btf, w["w_down"].astype(dtype))
+            x_btd = constrain(x_btd, ("batch", "length", None))
+            return (x_btd, ck, cv, i + 1), None
+
+        ck, cv = (cache.k, cache.v) if cache is not None else (None, None)
+        (x_btd, ck, cv, _), _ = jax.lax.scan(layer, (x_btd, ck, cv, 0), self.layers.weights())
+        h_btd = rms_norm(x_btd, self.final_norm[...], cfg.rms_norm_eps)
+        new_cache = KVCache(k=ck, v=cv) if cache is not None else None
+        if return_hidden:
+            return h_btd, new_cache
+        return self.logits(h_btd), new_cache
+
+    def logits(self, h_btd: jax.Array) -> jax.Array:
+        """Projects hidden states to float32 logits (tied or untied head)."""
+        dtype = self.cfg.compute_dtype
+        if self.cfg.tie_embeddings:
+            w_dv = self.embed[...].astype(dtype).T
+        else:
+            w_dv = self.lm_head[...].astype(dtype)
+        logits = jnp.einsum("...d,dv->...v", h_btd.astype(dtype), w_dv, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab")) if logits.ndim == 3 else logits
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm computed in float32, as HF does, then cast back to the input dtype before the scale."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def inv_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies (e/2,), with linear or Llama-3 scaling from `cfg.rope_scaling`."""
+    e = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, e, 2, dtype=np.float64) / e))
+    sc = cfg.rope_scaling_dict
+    kind = sc.get("rope_type", sc.get("type"))
+    if kind == "linear":
+        inv = inv / sc["factor"]
+    elif kind == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
+        factor, lo, hi = sc["factor"], sc.get("low_freq_factor", 1.0), sc.get("high_freq_factor", 4.0)
+        old = sc["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        mid = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(mid, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return inv.astype(np.float32)
+
+
+def rope_tables(cfg: ModelConfig, positions_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    angles = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_frequencies(cfg))
+    return jnp.cos(angles), jnp.sin(angles)  # (b, t, e/2) each
+
+
+def apply_rope(x_btne: jax.Array, cos_bte: jax.Array, sin_bte: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head (HF's rotate_half convention), in float32."""
+    x = x_btne.astype(jnp.float32)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    c, s = cos_bte[:, :, None, :], sin_bte[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_btne.dtype)
+
+
+def attention(q_bthe, k_bske, v_bske, allowed_bts) -> jax.Array:
+    """Grouped-query attention; scores and softmax in float32."""
+    b, t, h, e = q_bthe.shape
+    kh = k_bske.shape[2]
+    q_btkge = q_bthe.reshape(b, t, kh, h // kh, e)
+    scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k_bske, preferred_element_type=jnp.float32)
+    scores = scores / np.sqrt(e).astype(np.float32)
+    scores = jnp.where(allowed_bts[:, None, None], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
+    o_btkge = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+    return o_btkge.reshape(b, t, h, e)
+
+
+def positions_from_mask(mask_bt: jax.Array) -> jax.Array:
+    """RoPE positions for left-padded rows: 0 at the first real token (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    return Transformer(cfg, rngs=nnx.Rngs(params=seed))
