@@ -118,6 +118,11 @@ def param_shardings(abstract_state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def shard_params(state: Any, mesh: Mesh) -> Any:
+    """Places an nnx.State of parameters on the mesh by the logical rules (a no-op if already there)."""
+    return jax.device_put(state, param_shardings(state, mesh))
+
+
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Shards the leading (batch) dimension over ('data', 'fsdp'); the rest is replicated."""
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
