@@ -116,7 +116,8 @@ def _left_aligned(seqs: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
-             in_think: jax.Array, rng: jax.Array, cfg: SamplingConfig, group_size: int) -> SampleOutput:
+             in_think: jax.Array, rng: jax.Array, cfg: SamplingConfig, group_size: int,
+             num_segments: int = 4) -> SampleOutput:
     """Samples `group_size` completions for each of B left-padded prompts (jit this; cfg/group_size static).
 
     Args:
@@ -127,6 +128,8 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
       rng: PRNG key.
       cfg: SamplingConfig.
       group_size: G.
+      num_segments: static; the decode loop is split into this many loops with growing attention windows
+        (more segments: less attention work, one more compiled loop body each).
 
     Returns:
       SampleOutput with N = B * G rows.
@@ -146,8 +149,8 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
 
     # Share each prompt's cache with its G samples: row i belongs to prompt i // G.
     rep = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
-    cache = KVCache(k=constrain(rep(cache.k, 1), (None, "batch", None, None, None)),
-                    v=constrain(rep(cache.v, 1), (None, "batch", None, None, None)))
+    cache = KVCache(k=constrain(rep(cache.k, 1), (None, "batch", "kv_heads", None, None)),
+                    v=constrain(rep(cache.v, 1), (None, "batch", "kv_heads", None, None)))
     kv_mask, logits, prompt_len, in_think = rep(kv_mask), rep(logits), rep(prompt_len), rep(in_think)
 
     width = max([len(x) for x in cfg.stop_token_seqs] + [1])
@@ -166,10 +169,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
         budget_forced=jnp.zeros((n,), bool), window=jnp.full((n, width), -1, jnp.int32),
     )
 
-    def cond(st):
-        return (st["t"] < t_max) & ~jnp.all(st["done"])
-
-    def body(st):
+    def body(st, kv_limit):
         t, active = st["t"], ~st["done"]
         logits = st["logits"]
         policy_logp = jax.nn.log_softmax(logits, axis=-1)
@@ -214,7 +214,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
         # Feed the token: it sits at cache slot p + t with RoPE position prompt_len + t.
         kv_mask = st["kv_mask"].at[:, p + t].set(True)
         hidden, cache = model(tok[:, None], (prompt_len + t)[:, None], kv_mask, st["cache"], p + t,
-                              return_hidden=True)
+                              return_hidden=True, kv_limit=kv_limit)
         return dict(
             t=t + 1, logits=model.logits(hidden[:, 0]), cache=cache, kv_mask=kv_mask, tokens=tokens,
             logp=upd(st["logp"], tok_logp), logp_sample=upd(st["logp_sample"], sample_logp),
@@ -224,7 +224,13 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
             waits_left=st["waits_left"] - (active & start_wait),
             budget_forced=st["budget_forced"] | (active & start_budget), window=window)
 
-    st = jax.lax.while_loop(cond, body, state)
+    # Decode in segments: segment j attends only to the slots that can be live by its last step, so the
+    # attention (bound by reading the cache) costs what the live context costs, not the whole cache.
+    st = state
+    bounds = sorted({min(t_max, -(-t_max * (j + 1) // num_segments)) for j in range(num_segments)})
+    for end in bounds:
+        st = jax.lax.while_loop(lambda st, end=end: (st["t"] < end) & ~jnp.all(st["done"]),
+                                functools.partial(body, kv_limit=p + end), st)
     mask = jnp.arange(t_max)[None, :] < st["lengths"][:, None]
     return SampleOutput(tokens=st["tokens"], logp=st["logp"], logp_sample=st["logp_sample"], mask=mask,
                         forced=st["forced"] & mask, lengths=st["lengths"], think_lengths=st["think_len"],
