@@ -1,0 +1,225 @@
+"""Tests for rewards.math: answer extraction, the equivalence table, and the worker pool's safety."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from math_cases import ALL_CASES
+from rewards import math as rm
+
+
+@pytest.fixture(scope="module")
+def table_verdicts():
+    # One batched call scores the whole table (the way the trainer calls it); each case is then
+    # asserted on its own below.
+    preds = [pred for _, pred, _, _ in ALL_CASES]
+    golds = [gold for _, _, gold, _ in ALL_CASES]
+    verdicts, stats = rm.verify_batch(preds, golds, return_stats=True)
+    assert stats.timeouts == 0 and stats.crashes == 0 and stats.errors == 0
+    return verdicts
+
+
+def test_table_is_large_and_balanced():
+    assert len(ALL_CASES) >= 150
+    by_category = {}
+    for category, _, _, want in ALL_CASES:
+        by_category.setdefault(category, set()).add(want)
+    # Every category with a "not equal" case has an "equal" case too (except pure hack checks).
+    assert sum(len(wants) == 2 for wants in by_category.values()) >= 18
+
+
+@pytest.mark.parametrize("index", range(len(ALL_CASES)),
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(ALL_CASES)])
+def test_table(table_verdicts, index):
+    category, pred, gold, want = ALL_CASES[index]
+    assert table_verdicts[index] is want, (category, pred, gold)
+
+
+def test_single_verify_matches_contract():
+    assert rm.verify("The answer is $\\boxed{\\dfrac{1}{2}}$.", "0.5") is True
+    assert rm.verify("The answer is $\\boxed{[1,2)}$.", "[1,2]") is False
+    assert rm.verify("\\boxed{42}", "41") is False
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+@pytest.mark.parametrize("text, want", [
+    ("so \\boxed{\\frac{a}{b}} done", "\\frac{a}{b}"),
+    ("\\boxed{1} then \\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
+    ("\\fbox{x^{2}}", "x^{2}"),
+    ("$\\boxed{1}$ and $\\boxed{2}$", "1, 2"),
+    ("<think>\\boxed{3}</think><answer>4</answer>", "4"),
+    ("The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
+    ("The answer is 3.5 meters.\nDone.", "3.5 meters"),
+    ("#### 1,234", "1,234"),
+    ("x = 2", "x = 2"),
+    ("I think it is 12 apples", None),
+    ("\\boxed{" + "1" * 2000 + "}", None),  # longer than max_answer_chars
+    ("\\boxed{" + "{" * 60 + "}" * 60 + "}", None),  # deeper than max_brace_depth
+])
+def test_extract_answer(text, want):
+    assert rm.extract_answer(text) == want
+
+
+def test_last_number_fallback_is_opt_in():
+    text = "I computed 5 + 7 = 12, so there are 12 apples."
+    assert rm.extract_answer(text) is None
+    assert rm.extract_answer(text, fallback_last_number=True) == "12"
+    assert rm.verify(text, "12") is False
+    assert rm.verify(text, "12", fallback_last_number=True) is True
+    assert rm.extract_answer("It costs 1,250.50 dollars.", fallback_last_number=True) == "1,250.50"
+
+
+def test_numbers_are_decided_without_workers():
+    verdicts, stats = rm.verify_batch(["\\boxed{1,000}", "#### 17", "\\boxed{033}"],
+                                      ["1000", "18", "33"], return_stats=True)
+    assert verdicts == [True, False, True]
+    assert stats.fast_path == 3 and stats.sympy == 0
+
+
+def test_duplicate_pairs_are_verified_once_and_cached():
+    v = rm.default_verifier()
+    preds = ["\\boxed{\\frac{\\sqrt{12}}{2}}"] * 6 + ["\\boxed{\\sqrt{2}}"] * 2
+    verdicts, stats = v.verify_batch(preds, ["\\sqrt{3}"] * 8, return_stats=True)
+    assert verdicts == [True] * 6 + [False] * 2
+    assert stats.sympy == 2
+    verdicts, stats = v.verify_batch(preds[:1], ["\\sqrt{3}"], return_stats=True)
+    assert verdicts == [True] and stats.cached == 1 and stats.sympy == 0
+
+
+# ----------------------------------------------------------------------------- adversarial
+
+
+# name -> (completion, gold, the VerifyStats counter that must record why it scored 0)
+ADVERSARIAL = {
+    "power_tower": ("\\boxed{9^{9^{9^{9}}}}", "5", "too_big"),
+    "power_tower_gold": ("\\boxed{5}", "9^{9^{9^{9}}}", "too_big"),
+    "huge_factorial": ("\\boxed{(10^{10^{10}})!}", "5", "too_big"),
+    "huge_exponent": ("\\boxed{x^{10^{12}}}", "x", "too_big"),
+    "answer_100k_chars": ("\\boxed{" + "7" * 100_000 + "}", "7", "rejected"),
+    "text_100k_chars": ("The answer is " + "1+" * 50_000 + "1", "2", "rejected"),
+    "nested_braces_5000": ("\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}", "1", "rejected"),
+    "unclosed_braces_5000": ("\\boxed{" + "{" * 5000, "1", "rejected"),
+    "invalid_latex": ("\\boxed{\\frac{1}{\\sqrt{}}^^__}{\\left( \\right]}", "1", "parse_errors"),
+    "bad_environment": ("\\boxed{\\begin{pmatrix} & \\\\ \\end{bmatrix}}", "1", "parse_errors"),
+    "non_utf8_bytes": (b"\\boxed{\xff\xfe\xfd5}", "5", "parse_errors"),
+    "lone_surrogate": ("\\boxed{5\udc80}", "5", "parse_errors"),
+    "many_open_boxes": ("\\boxed{" * 20_000, "1", "no_answer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_input_answers_fast(name):
+    pred, gold, reason = ADVERSARIAL[name]
+    verifier = rm.default_verifier()
+    verifier.pool.start(wait_ready=True)  # time the verdict, not the workers' start
+    verifier.clear_cache()
+    start = time.monotonic()
+    verdicts, stats = verifier.verify_batch([pred], [gold], return_stats=True)
+    assert time.monotonic() - start < 2.0
+    assert verdicts == [False]
+    assert getattr(stats, reason) == 1
+    assert stats.timeouts == 0 and stats.crashes == 0
+
+
+def test_adversarial_inputs_do_not_disturb_a_batch():
+    preds = [p for p, _, _ in ADVERSARIAL.values()] + ["\\boxed{\\frac{1}{2}}", "\\boxed{7}"]
+    golds = [g for _, g, _ in ADVERSARIAL.values()] + ["0.5", "7"]
+    rm.default_verifier().clear_cache()
+    start = time.monotonic()
+    verdicts = rm.verify_batch(preds, golds)
+    assert time.monotonic() - start < 2.0
+    assert verdicts == [False] * len(ADVERSARIAL) + [True, True]
+    # Valid bytes decode: non-UTF-8 input elsewhere in the text does not spoil the answer.
+    assert rm.verify(b"\\boxed{5} \xff\xfe", "5") is True
+
+
+# ----------------------------------------------------------------------------- the worker pool
+
+
+@pytest.fixture(scope="module")
+def flaky():
+    v = rm.MathVerifier(handler="flaky_math_worker", num_workers=2, timeout_s=0.5,
+                        memory_limit_mb=1024)
+    v.pool.start(wait_ready=True)
+    yield v
+    v.close()
+
+
+def _batch_with(poison):
+    good = [("\\boxed{\\frac{1}{2}}", "0.5", True), ("\\boxed{x(x+1)}", "x^2+x", True),
+            ("\\boxed{[1,2)}", "[1,2]", False), ("\\boxed{\\sqrt{8}}", "2\\sqrt2", True),
+            ("\\boxed{(1,2)}", "(2,1)", False), ("\\boxed{\\pi}", "\\frac{\\pi}{1}", True)] * 2
+    items = good[:5] + [(f"\\boxed{{{poison}}}", "1", False)] + good[5:]
+    # Distinct golds per good item, so none of them is answered from the verdict cache.
+    items = [(p, g if i == 5 else f"{g}+{i}-{i}", want) for i, (p, g, want) in enumerate(items)]
+    return [p for p, _, _ in items], [g for _, g, _ in items], [w for _, _, w in items]
+
+
+def test_hung_worker_is_killed_and_replaced(flaky):
+    pids = set(flaky.pool.worker_pids())
+    preds, golds, want = _batch_with("HANG")
+    start = time.monotonic()
+    verdicts, stats = flaky.verify_batch(preds, golds, return_stats=True)
+    assert verdicts == want
+    assert stats.timeouts == 1
+    assert time.monotonic() - start < 5.0
+    assert len(set(flaky.pool.worker_pids()) - pids) >= 1  # a fresh worker took the hung one's place
+
+
+def test_killed_worker_is_replaced(flaky):
+    preds, golds, want = _batch_with("DIE")
+    verdicts, stats = flaky.verify_batch(preds, golds, return_stats=True)
+    assert verdicts == want
+    assert stats.crashes == 1
+    # Workers killed from outside while idle are noticed and replaced before the next batch.
+    for pid in flaky.pool.worker_pids():
+        os.kill(pid, 9)
+    verdicts = flaky.verify_batch(["\\boxed{2\\sqrt{2}}", "\\boxed{3}"], ["\\sqrt{8}", "\\sqrt{9}"])
+    assert verdicts == [True, True]
+
+
+def test_memory_blowup_fails_only_its_item(flaky):
+    pid = flaky.pool.worker_pids()[0]
+    with open(f"/proc/{pid}/limits") as f:
+        limits = f.read()
+    assert str(1024 * 1024 * 1024) in next(l for l in limits.splitlines() if "address space" in l)
+    preds, golds, want = _batch_with("HOG")
+    verdicts, stats = flaky.verify_batch(preds, golds, return_stats=True)
+    assert verdicts == want
+    assert stats.errors + stats.crashes == 1
+
+
+def test_workers_are_recycled():
+    v = rm.MathVerifier(num_workers=1, max_items_per_worker=3)
+    try:
+        preds = [f"\\boxed{{{k}\\sqrt{{2}}}}" for k in range(1, 10)]
+        golds = [f"\\sqrt{{{2 * k * k}}}" if k % 2 else f"\\sqrt{{{2 * k * k + 1}}}" for k in range(1, 10)]
+        verdicts = v.verify_batch(preds, golds)
+        assert verdicts == [k % 2 == 1 for k in range(1, 10)]
+        assert v.pool.stats.workers_recycled == 2
+    finally:
+        v.close()
+
+
+def test_verify_from_a_non_main_thread():
+    out = {}
+
+    def run():
+        out["verdicts"] = rm.verify_batch(["\\boxed{x^2-1}", "\\boxed{x^2+1}"], ["(x-1)(x+1)"] * 2)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert out["verdicts"] == [True, False]
+
+
+def test_math_reward_scores_and_reports():
+    reward = rm.MathReward(correct=1.0, incorrect=-0.5)
+    samples = [{"answer": "\\frac{1}{2}"}, {"answer": "3"}, {"answer": "3"}]
+    completions = ["\\boxed{0.5}", "\\boxed{4}", "no answer here"]
+    assert reward(completions, samples) == [1.0, -0.5, -0.5]
+    assert reward.metrics()["no_answer"] == 1
