@@ -9,7 +9,8 @@ and must be cheap enough to score thousands of completions per step. Per item:
      an answer, else (optional, off by default for AIME-style strictness) the last number.
   2. Reject absurd answers (too long, braces nested too deep) without a worker round trip.
   3. Clean both sides (unicode math, delimiters, thousands separators, units, degrees, percent).
-  4. If both sides are plain numbers, compare them exactly right here: GSM8K never touches sympy.
+  4. Decide here what needs no sympy: identical answers, and answers made only of plain numbers
+     (numbers, tuples, intervals, sets of numbers), compared exactly: GSM8K never touches sympy.
   5. Otherwise send the pair to a worker process (`rewards.math_worker`: math-verify parsing and
      sympy comparison) under a hard per-item timeout; a timeout, crash or parse failure scores 0
      and is counted in `VerifyStats`. Identical pairs in a batch are sent once, verdicts are cached,
@@ -122,9 +123,10 @@ def _after_answer_is(text: str, max_chars: int) -> str | None:
     rest = text[last.end() : last.end() + max_chars + 64].lstrip(" \t*:")
     for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if rest.startswith(open_):
-            end = rest.find(close, len(open_))
-            if end > 0:
-                return rest[len(open_) : end]
+            # The closing delimiter is the first one not escaped: "$\\$18$" is "\\$18".
+            end = re.compile(r"(?<!\\)" + re.escape(close)).search(rest, len(open_))
+            if end:
+                return rest[len(open_) : end.start()]
             break
     line = rest.split("\n", 1)[0]
     cut = _SENTENCE_END_RE.search(line)
@@ -295,6 +297,82 @@ def _numbers_equal(a: _Number, b: _Number) -> bool:
     return any(x == y or (rounded and round(x, 6) == round(y, 6)) for x in xs for y in ys)
 
 
+_INFINITY_RE = re.compile(r"([+-]?)\s*(?:\\infty|\\inf|oo)")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sequence:
+    """A tuple, interval, set or bare list whose items are all plain numbers (or ±infinity)."""
+
+    brackets: str  # "()", "[]", "(]", "[)" for tuples/intervals; "{}" for sets; "" for "1, 2"
+    items: tuple  # of _Number, or float("inf") / float("-inf")
+
+    @property
+    def is_set(self) -> bool:
+        return self.brackets in ("{}", "")
+
+
+def _parse_sequence(s: str) -> _Sequence | None:
+    """Reads "(1, 2)", "[1,3)", "\\left( 3, -13 \\right)", "(-\\infty, 0]", "\\{1, 2\\}", "1, -2"."""
+    s = re.sub(r"\\(?:left|right|big|Big)\s*", "", s).strip()
+    if s.startswith("\\{") and s.endswith("\\}"):
+        brackets, inner = "{}", s[2:-2]
+    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
+        brackets, inner = s[0] + s[-1], s[1:-1]
+    else:
+        brackets, inner = "", s
+    if any(c in inner for c in "()[]"):  # nested tuples and unions are the worker's
+        return None
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(inner):  # split at commas outside braces: (\\frac{3}{2}, -13)
+        depth += (c == "{") - (c == "}")
+        if c == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    parts.append(inner[start:])
+    if not 2 <= len(parts) <= 64:
+        return None
+    items = []
+    for part in parts:
+        if inf := _INFINITY_RE.fullmatch(part.strip()):
+            items.append(float("-inf") if inf.group(1) == "-" else float("inf"))
+        elif (number := _parse_number(part)) is not None:
+            items.append(number)
+        else:
+            return None
+    return _Sequence(brackets, tuple(items))
+
+
+def _items_equal(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a == b  # infinities equal only themselves
+    return _numbers_equal(a, b)
+
+
+def _plain_equal(a: _Number | _Sequence, b: _Number | _Sequence) -> bool | None:
+    """Compares two plain answers; None when their shapes need the worker to decide (e.g. the
+    interval (1, 2) against the list 1, 2)."""
+    if isinstance(a, _Number) and isinstance(b, _Number):
+        return _numbers_equal(a, b)
+    if isinstance(a, _Number):
+        a = _Sequence("{}", (a,))  # a single answer against a set of answers
+    if isinstance(b, _Number):
+        b = _Sequence("{}", (b,))
+    if a.is_set and b.is_set:  # order and repeats do not matter
+        return (all(any(_items_equal(x, y) for y in b.items) for x in a.items)
+                and all(any(_items_equal(x, y) for x in a.items) for y in b.items))
+    if a.is_set or b.is_set:
+        return None
+    if len(a.items) != len(b.items):
+        return False
+    if not all(_items_equal(x, y) for x, y in zip(a.items, b.items)):
+        return False
+    # Brackets matter ([1,2) is not [1,2]), except at an infinite end, which is always open.
+    return all(ba == bb or isinstance(x, float)
+               for ba, bb, x in ((a.brackets[0], b.brackets[0], a.items[0]),
+                                 (a.brackets[1], b.brackets[1], a.items[-1])))
+
+
 def _canonical(number: _Number) -> str:
     """The number as a worker should see it, when the other side is an expression: units, \\$ and
     separators gone, exact values as integers or \\frac, decimals kept as decimals (their digits
@@ -324,7 +402,7 @@ class VerifyStats:
     no_answer: int = 0  # no final answer could be extracted from the completion
     rejected: int = 0  # answer too long or too deeply nested; refused without a worker
     bad_gold: int = 0  # the gold answer itself was empty or refused
-    fast_path: int = 0  # both plain numbers: decided in the trainer process
+    fast_path: int = 0  # identical, or plain numbers/tuples/sets: decided in the trainer process
     cached: int = 0  # decided by an earlier identical (answer, gold) pair
     sympy: int = 0  # distinct pairs sent to worker processes
     timeouts: int = 0  # worker exceeded the per-item timeout (killed and replaced)
@@ -350,7 +428,7 @@ _WHY_TO_STAT = {"parse_error": "parse_errors", "gold_parse_error": "gold_parse_e
 @dataclasses.dataclass(frozen=True)
 class _Answer:
     text: str  # cleaned answer, what a worker compares
-    number: _Number | None  # set if the answer is a plain number
+    plain: _Number | _Sequence | None  # set if the answer is made of plain numbers only
 
 
 class MathVerifier:
@@ -411,7 +489,9 @@ class MathVerifier:
         if max_depth > self.max_brace_depth:
             return TOO_DEEP
         number = _parse_number(text)
-        return _Answer(_canonical(number) if number else text, number)
+        if number is not None:
+            return _Answer(_canonical(number), number)
+        return _Answer(text, _parse_sequence(text))
 
     def _prepare_gold(self, gold: str) -> _Answer | str:
         # A gold answer is an answer, not a completion; only a boxed one (a MATH solution) needs
@@ -468,9 +548,13 @@ class MathVerifier:
                 stats.no_answer += p == NO_ANSWER
                 stats.rejected += p != NO_ANSWER
                 continue
-            if p.number is not None and g.number is not None:
+            # Decided here, without sympy: identical answers, and answers made of plain numbers.
+            equal = True if p.text == g.text else None
+            if equal is None and p.plain is not None and g.plain is not None:
+                equal = _plain_equal(p.plain, g.plain)
+            if equal is not None:
                 stats.fast_path += 1
-                verdicts[i] = _numbers_equal(p.number, g.number)
+                verdicts[i] = equal
                 continue
             key = (p.text, g.text)
             if key in self._verdicts:

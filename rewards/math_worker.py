@@ -9,6 +9,7 @@ What this module adds on top of the libraries:
   * a guard that refuses expressions whose evaluation would need astronomically large numbers
     (`9^{9^{9^9}}`, `(10^{10^{10}})!`): the parser leaves them unevaluated, but comparing them would
     evaluate them, which can hang a worker for hours or exhaust its memory;
+  * a numeric check that proves most wrong answers unequal before sympy's slow `simplify` runs;
   * a parse cache, so the gold answer shared by a GRPO group is parsed once per worker;
   * a verdict that says why it failed (unparseable prediction or gold, refused as too big).
 """
@@ -120,6 +121,58 @@ def _too_big(parsed: tuple) -> bool:
     return False
 
 
+# Values substituted for free symbols when looking for a point where two expressions differ:
+# irrational-looking, so that no accidental cancellation (sin(pi x), x^2 = x) makes them agree.
+_PROBES = (0.5772156649, 1.4142135624, 2.7182818285, 0.3183098862, 1.6180339887, 3.1415926536)
+
+
+def _symbol_like(expr) -> bool:
+    """A bare symbol or a product of symbols: math-verify compares those by name ("\\text{Evelyn}"
+    against "Evelyn"), so numbers say nothing about them."""
+    import sympy
+
+    return isinstance(expr, sympy.Symbol) or (
+        isinstance(expr, sympy.Mul)
+        and all(isinstance(a, sympy.Symbol) or a == sympy.E for a in expr.args))
+
+
+def _clearly_different(gold_parsed: tuple, pred_parsed: tuple) -> bool:
+    """Proves two scalar answers unequal by evaluating them (at a few points if they have symbols).
+
+    sympy's `simplify(a - b)` dominates the cost of verifying a wrong answer (10-30 ms for
+    \\sqrt{46} against \\sqrt{66}); one evaluation costs well under a millisecond. Only inequality is
+    decided here: values that differ by more than 1e-5 (relative, or absolute near 0) cannot be
+    equal symbolically nor to math-verify's 6 decimal places. Anything else goes to math-verify.
+    """
+    import sympy
+
+    gold = [g for g in gold_parsed if not isinstance(g, str)]
+    pred = [p for p in pred_parsed if not isinstance(p, str)]
+    if len(gold) != 1 or len(pred) != 1:
+        return False
+    a, b = gold[0], pred[0]
+    for e in (a, b):
+        if (not isinstance(e, sympy.Expr) or getattr(e, "is_Matrix", False) or _symbol_like(e)
+                or e.has(sympy.UnevaluatedExpr)  # percentages: math-verify lets 9% equal 9
+                or e.atoms(sympy.core.function.AppliedUndef)):
+            return False
+    symbols = sorted(a.free_symbols | b.free_symbols, key=lambda x: x.name)
+    if len(symbols) > len(_PROBES):
+        return False
+    for shift in range(3 if symbols else 1):
+        point = {x: _PROBES[(i + shift) % len(_PROBES)] for i, x in enumerate(symbols)}
+        try:
+            va = complex(a.evalf(20, subs=point))
+            vb = complex(b.evalf(20, subs=point))
+        except (TypeError, ValueError, ArithmeticError):
+            return False  # not a number there (undefined, symbolic leftovers): cannot tell
+        if not all(math.isfinite(v) for v in (va.real, va.imag, vb.real, vb.imag)):
+            continue
+        if abs(va - vb) > 1e-5 * max(1.0, abs(va), abs(vb)):
+            return True
+    return False
+
+
 def handle(item: tuple[str, str]) -> tuple[bool, str]:
     """Compares a cleaned predicted answer with a cleaned gold answer.
 
@@ -140,4 +193,6 @@ def handle(item: tuple[str, str]) -> tuple[bool, str]:
         return same and bool(pred.strip()), why
     if _too_big(gold_parsed) or _too_big(pred_parsed):
         return False, TOO_BIG
+    if _clearly_different(gold_parsed, pred_parsed):
+        return False, ""
     return bool(_verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None)), ""

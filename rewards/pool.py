@@ -226,7 +226,7 @@ class WorkerPool:
             now = time.monotonic()
             # Hand out work: one chunk per idle, warmed-up worker. Sizing chunks from what is left
             # keeps all workers busy at the end of a batch instead of one worker holding the tail.
-            chunk = max(1, min(self.chunk_size, -(-len(pending) // self.num_workers)))
+            chunk = max(1, min(self.chunk_size, -(-len(pending) // (2 * self.num_workers))))
             for w in list(self._workers):
                 if w.ready and not w.inflight and w.items_done >= self.max_items_per_worker:
                     self.stats.workers_recycled += 1

@@ -247,6 +247,8 @@ CASES = {
         ("Truncated before the end: \\boxed{12", "12", False),
         ("The answer is \\boxed{\\{1,2\\}}", "\\{1,2\\}", True),
         ("<answer>The answer is 8.</answer>", "8", True),
+        ("So she pays 2 * 2 = 4 dollars. The answer is $\\$4$.", "4", True),
+        ("The answer is \\$18.", "18", True),
     ],
     "hack_resistance": [
         (B("1,2,3,4,5,6,7,8,9,10"), "5", False),  # listing candidates is not an answer

@@ -80,6 +80,53 @@ def test_numbers_are_decided_without_workers():
     assert stats.fast_path == 3 and stats.sympy == 0
 
 
+@pytest.mark.parametrize("pred, gold, want", [
+    ("\\boxed{\\left( \\frac{3}{2}, -13 \\right)}", "(1.5, -13)", True),
+    ("\\boxed{(-13, 1.5)}", "(1.5, -13)", False),
+    ("\\boxed{[1,2)}", "[1,2]", False),
+    ("\\boxed{[-\\infty, 0]}", "(-\\infty, 0]", True),  # an infinite end is open anyway
+    ("\\boxed{(2, \\infty)}", "(2, -\\infty)", False),
+    ("\\boxed{\\{2, 1, 2\\}}", "1, 2", True),  # sets: order and repeats do not matter
+    ("\\boxed{5}", "5, 5", True),
+    ("\\boxed{1, 2}", "1, 2, 3", False),
+])
+def test_plain_tuples_intervals_sets_are_decided_without_workers(pred, gold, want):
+    rm.default_verifier().clear_cache()
+    verdicts, stats = rm.verify_batch([pred], [gold], return_stats=True)
+    assert verdicts == [want]
+    assert stats.fast_path == 1 and stats.sympy == 0
+
+
+def test_ambiguous_shapes_go_to_sympy():
+    # (1, 2) may be an open interval or a point; against the list "1, 2" only sympy can judge.
+    rm.default_verifier().clear_cache()
+    verdicts, stats = rm.verify_batch(["\\boxed{(1, 2)}"], ["1, 2"], return_stats=True)
+    assert verdicts == [True] and stats.sympy == 1
+
+
+def test_worker_proves_inequality_numerically():
+    from rewards import math_worker
+
+    math_worker.init()
+    parse = math_worker.parse_answer
+    assert math_worker._clearly_different(parse("\\sqrt{66}"), parse("\\sqrt{46}"))
+    assert math_worker._clearly_different(parse("\\frac{11+9a}{20}"), parse("\\frac{11+9a}{23}"))
+    assert math_worker._clearly_different(parse("2k+2"), parse("2n+2"))  # variables matter
+    # Equal, or equal only in math-verify's lenient sense: left for math-verify to decide.
+    assert not math_worker._clearly_different(parse("x(x+2)"), parse("x^2+2x"))
+    assert not math_worker._clearly_different(parse("\\frac{1}{3}"), parse("0.3333333"))
+    assert not math_worker._clearly_different(parse("9"), parse("9\\%"))
+    assert not math_worker._clearly_different(parse("\\text{Evelyn}"), parse("Evelyn"))
+    assert math_worker.handle(("\\sqrt{46}", "\\sqrt{66}")) == (False, "")
+    assert math_worker.handle(("x^2+2x", "x(x+2)")) == (True, "")
+
+
+def test_empty_batch_and_length_mismatch():
+    assert rm.verify_batch([], []) == []
+    with pytest.raises(ValueError, match="2 predictions but 1 gold"):
+        rm.verify_batch(["1", "2"], ["1"])
+
+
 def test_duplicate_pairs_are_verified_once_and_cached():
     v = rm.default_verifier()
     preds = ["\\boxed{\\frac{\\sqrt{12}}{2}}"] * 6 + ["\\boxed{\\sqrt{2}}"] * 2
