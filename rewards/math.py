@@ -297,6 +297,26 @@ def _numbers_equal(a: _Number, b: _Number) -> bool:
     return any(x == y or (rounded and round(x, 6) == round(y, 6)) for x in xs for y in ys)
 
 
+# Digits (starting with a digit, or upper-case like A3) and a subscript base; "x_1" is a variable.
+_BASED_RE = re.compile(r"([0-9][0-9A-Za-z]*|[A-Z][0-9A-Z]*)_\{?\s*(\d{1,2})\s*\}?")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Based:
+    """A numeral in a stated base, "52_8": the parser drops the subscript, so 204_2 would equal
+    204_5; here the digits and the base must both match."""
+
+    digits: str
+    base: int
+
+
+def _parse_based(s: str) -> _Based | None:
+    m = _BASED_RE.fullmatch(s.strip())
+    if not m:
+        return None
+    return _Based(m.group(1).upper().lstrip("0") or "0", int(m.group(2)))
+
+
 _INFINITY_RE = re.compile(r"([+-]?)\s*(?:\\infty|\\inf|oo)")
 
 
@@ -349,9 +369,18 @@ def _items_equal(a, b) -> bool:
     return _numbers_equal(a, b)
 
 
-def _plain_equal(a: _Number | _Sequence, b: _Number | _Sequence) -> bool | None:
-    """Compares two plain answers; None when their shapes need the worker to decide (e.g. the
-    interval (1, 2) against the list 1, 2)."""
+def _plain_equal(a, b) -> bool | None:
+    """Compares two plain answers (_Number, _Sequence, _Based); None when their shapes need the
+    worker to decide (e.g. the interval (1, 2) against the list 1, 2)."""
+    if isinstance(a, _Based) or isinstance(b, _Based):
+        if isinstance(a, _Based) and isinstance(b, _Based):
+            return a == b
+        # The base is fixed by the question, so "52" answers "52_8"; any other value does not.
+        number = b if isinstance(a, _Based) else a
+        based = a if isinstance(a, _Based) else b
+        if not isinstance(number, _Number) or number.percent or number.value.denominator != 1:
+            return False if isinstance(number, _Number) else None
+        return str(abs(number.value.numerator)) == based.digits and number.value >= 0
     if isinstance(a, _Number) and isinstance(b, _Number):
         return _numbers_equal(a, b)
     if isinstance(a, _Number):
@@ -428,7 +457,7 @@ _WHY_TO_STAT = {"parse_error": "parse_errors", "gold_parse_error": "gold_parse_e
 @dataclasses.dataclass(frozen=True)
 class _Answer:
     text: str  # cleaned answer, what a worker compares
-    plain: _Number | _Sequence | None  # set if the answer is made of plain numbers only
+    plain: _Number | _Sequence | _Based | None  # set if made of plain numbers only
 
 
 class MathVerifier:
@@ -491,7 +520,7 @@ class MathVerifier:
         number = _parse_number(text)
         if number is not None:
             return _Answer(_canonical(number), number)
-        return _Answer(text, _parse_sequence(text))
+        return _Answer(text, _parse_sequence(text) or _parse_based(text))
 
     def _prepare_gold(self, gold: str) -> _Answer | str:
         # A gold answer is an answer, not a completion; only a boxed one (a MATH solution) needs

@@ -267,6 +267,10 @@ CASES = {
         (B("52_8"), "52_8", True),
         (B("53_8"), "52_8", False),
         (B("4210_{5}"), "4210_5", True),
+        (B("204_2"), "204_5", False),  # same digits, another base (the parser drops the base)
+        (B("52"), "52_8", True),  # the base is fixed by the question
+        (B("42"), "52_8", False),  # 52_8 in decimal is not what was asked
+        (B("A3_{16}"), "a3_{16}", True),
         (B("2^{10}"), "1024", True),
         (B("10!"), "3628800", True),
         (B("99!"), "100!", False),
