@@ -146,7 +146,6 @@ class WorkerPool:
         self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1")
         _live_pools.add(self)
 
-    # ------------------------------------------------------------------ lifecycle
 
     def start(self, wait_ready: bool = False) -> None:
         """Starts missing workers; with wait_ready, blocks until all have warmed up."""
@@ -201,7 +200,6 @@ class WorkerPool:
         self._retired = [p for p in self._retired if p.poll() is None]
         self._workers[self._workers.index(w)] = self._spawn()
 
-    # ------------------------------------------------------------------ the work loop
 
     def map(self, items: list) -> list[tuple[str, object]]:
         """Runs the handler on every item.

@@ -1,6 +1,8 @@
 """Tests for rewards.math: answer extraction, the equivalence table, and the worker pool's safety."""
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -35,6 +37,16 @@ def test_table_is_large_and_balanced():
 def test_table(table_verdicts, index):
     category, pred, gold, want = ALL_CASES[index]
     assert table_verdicts[index] is want, (category, pred, gold)
+
+
+def test_trainer_process_stays_light():
+    # Importing the rewards must not pull sympy/math-verify into the (JAX) trainer process.
+    code = ("import sys, rewards.math, rewards.compose, rewards.format; "
+            "print(sorted(m for m in ('sympy', 'math_verify', 'latex2sympy2_extended') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.stdout.strip() == "[]"
 
 
 def test_single_verify_matches_contract():
@@ -125,6 +137,14 @@ def test_empty_batch_and_length_mismatch():
     assert rm.verify_batch([], []) == []
     with pytest.raises(ValueError, match="2 predictions but 1 gold"):
         rm.verify_batch(["1", "2"], ["1"])
+
+
+def test_boxed_gold_solution_is_extracted_in_the_parent():
+    # A MATH-style solution as the gold: its last box is the answer, decided without sympy.
+    gold = "We add them: $2 + 3 = 5$, so the sum is $\\boxed{5}$."
+    verdicts, stats = rm.verify_batch(["\\boxed{5}", "\\boxed{6}"], [gold] * 2, return_stats=True)
+    assert verdicts == [True, False]
+    assert stats.fast_path == 2 and stats.sympy == 0
 
 
 def test_duplicate_pairs_are_verified_once_and_cached():
