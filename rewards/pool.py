@@ -322,6 +322,18 @@ def _child_main(handler: str) -> None:
     if mem_mb > 0:
         limit = mem_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # An idle worker exits when its pipe closes, but a busy one would finish its item first (maybe
+    # hours, for a hung one) if the parent died without closing it (SIGKILL). A watchdog thread
+    # notices the re-parenting and exits at once. (PR_SET_PDEATHSIG would fire when the parent
+    # *thread* that started us exits, which a multi-threaded trainer does routinely.)
+    parent = os.getppid()
+
+    def watchdog():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
     recv_conn = Connection(rfd, writable=False)
     send_conn = Connection(wfd, readable=False)
     module = importlib.import_module(handler)
