@@ -9,6 +9,7 @@ What this module adds on top of the libraries:
   * a guard that refuses expressions whose evaluation would need astronomically large numbers
     (`9^{9^{9^9}}`, `(10^{10^{10}})!`): the parser leaves them unevaluated, but comparing them would
     evaluate them, which can hang a worker for hours or exhaust its memory;
+  * `i` read as the imaginary unit (the parser keeps it a symbol, so e^{i\\pi} was not -1);
   * a numeric check that proves most wrong answers unequal before sympy's slow `simplify` runs;
   * a parse cache, so the gold answer shared by a GRPO group is parsed once per worker;
   * a verdict that says why it failed (unparseable prediction or gold, refused as too big).
@@ -173,6 +174,26 @@ def _clearly_different(gold_parsed: tuple, pred_parsed: tuple) -> bool:
     return False
 
 
+def _imaginary_unit(parsed: tuple) -> tuple:
+    """Reads a free symbol `i` as the imaginary unit, as competition answers mean it.
+
+    The parser keeps `i` a plain symbol, so "6-5i" matches "6 - 5i" but e^{i\\pi} is not -1 and
+    (1+i)^2 is not 2i.
+    """
+    import sympy
+
+    out = []
+    for p in parsed:
+        unit = [s for s in getattr(p, "free_symbols", ()) if s.name == "i"]
+        if unit and not isinstance(p, str):
+            try:
+                p = p.xreplace({unit[0]: sympy.I})
+            except Exception:  # noqa: BLE001 - keep the symbol if the structure refuses
+                pass
+        out.append(p)
+    return tuple(out)
+
+
 def handle(item: tuple[str, str]) -> tuple[bool, str]:
     """Compares a cleaned predicted answer with a cleaned gold answer.
 
@@ -181,18 +202,19 @@ def handle(item: tuple[str, str]) -> tuple[bool, str]:
 
     Returns:
       (equal, why): `why` is "" for a normal comparison, else PARSE_ERROR, GOLD_PARSE_ERROR or
-      TOO_BIG; `equal` is then False unless both sides failed to parse and match as strings.
+      TOO_BIG, and `equal` is then False.
     """
     pred, gold = item
     gold_parsed = parse_answer(gold)
     pred_parsed = parse_answer(pred)
-    if not _has_sympy(gold_parsed) or not _has_sympy(pred_parsed):
-        # Free-form answers neither side could parse (e.g. a name) still match if identical.
-        why = GOLD_PARSE_ERROR if not _has_sympy(gold_parsed) else PARSE_ERROR
-        same = " ".join(pred.split()).lower() == " ".join(gold.split()).lower()
-        return same and bool(pred.strip()), why
+    # (Identical answers never get here: the parent decides those, parseable or not.)
+    if not _has_sympy(gold_parsed):
+        return False, GOLD_PARSE_ERROR
+    if not _has_sympy(pred_parsed):
+        return False, PARSE_ERROR
     if _too_big(gold_parsed) or _too_big(pred_parsed):
         return False, TOO_BIG
+    gold_parsed, pred_parsed = _imaginary_unit(gold_parsed), _imaginary_unit(pred_parsed)
     if _clearly_different(gold_parsed, pred_parsed):
         return False, ""
     return bool(_verify(list(gold_parsed), list(pred_parsed), timeout_seconds=None)), ""

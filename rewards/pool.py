@@ -138,14 +138,13 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._retired: list[subprocess.Popen] = []  # asked to exit, not yet reaped
         self._lock = threading.Lock()
-        self._closed = False
-        self._cmd = [sys.executable, "-c", f"from rewards.pool import _child_main; _child_main({handler!r})"]
+        entry = f"from rewards.pool import _child_main; _child_main({handler!r})"
+        self._cmd = [sys.executable, "-c", entry]
         # The child must import the same code as the parent, wherever it came from (PYTHONPATH=.,
         # an editable install, pytest's rootdir insertion), so hand it our sys.path explicitly.
         paths = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         self._env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1")
         _live_pools.add(self)
-
 
     def start(self, wait_ready: bool = False) -> None:
         """Starts missing workers; with wait_ready, blocks until all have warmed up."""
@@ -153,11 +152,12 @@ class WorkerPool:
             self._ensure_workers()
             if wait_ready:
                 deadline = time.monotonic() + self.start_timeout_s
+                failed_starts = 0
                 while not all(w.ready for w in self._workers):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"workers for {self.handler!r} did not start")
-                    self._poll(results=None, pending=None, timeout=0.05)
-                    self._ensure_workers()
+                    if time.monotonic() > deadline or failed_starts >= 3 * self.num_workers:
+                        raise RuntimeError(f"workers for {self.handler!r} did not start; see "
+                                           "their stderr above (is the package importable?)")
+                    failed_starts += self._poll(results=None, pending=None, timeout=0.05)
 
     def close(self) -> None:
         """Stops all workers. The pool can be started again afterwards."""
@@ -199,7 +199,6 @@ class WorkerPool:
             self._retired.append(w.proc)
         self._retired = [p for p in self._retired if p.poll() is None]
         self._workers[self._workers.index(w)] = self._spawn()
-
 
     def map(self, items: list) -> list[tuple[str, object]]:
         """Runs the handler on every item.
@@ -350,7 +349,12 @@ def _child_main(handler: str) -> None:
                     reply = (idx, OK, module.handle(item))
                 except BaseException as e:  # noqa: BLE001 - any failure of one item is that item's
                     reply = (idx, ERROR, _describe(e))
-                send_conn.send(reply)
+                try:
+                    send_conn.send(reply)
+                except (OSError, EOFError):
+                    raise
+                except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result
+                    send_conn.send((idx, ERROR, _describe(e)))
     except (EOFError, OSError):  # the parent closed our pipes or went away: just exit
         return
 
