@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -24,14 +25,54 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CONFIG = "configs/tiny_arith.py"
+
+
+def _config_from_args(args: argparse.Namespace, overrides: list[str]):
+    from pathlib import Path
+
+    from grpo import config as config_lib
+
+    spec = args.config
+    if spec is None:  # the embedded default, wherever the package is installed from
+        spec = str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG)
+    cfg = config_lib.load(spec)
+    return config_lib.apply_overrides(cfg, overrides)
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Trains with GRPO; re-running the same command resumes from the newest checkpoint."""
+    import logging
+
+    from grpo import trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = _config_from_args(args, overrides)
+    workdir = args.workdir or f"runs/{Path(args.config or DEFAULT_CONFIG).stem.split(':')[0]}"
+    trainer.run(cfg, workdir, progress=not args.no_progress)
+    print(f"done: metrics in {workdir}/metrics.jsonl, plots in {workdir}/plots/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quant", description="GRPO training and evaluation in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train with GRPO (no arguments: the embedded tiny default)")
+    p.add_argument("--config", default=None, help="config file, optionally FILE:arg (default: %s)" % DEFAULT_CONFIG)
+    p.add_argument("--workdir", default=None, help="output directory (default: runs/<config name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train, takes_overrides=True)
     p = sub.add_parser("inspect", help="load a HF model directory or preset and print its config")
     p.add_argument("--model", required=True, help="HF directory or preset name")
     p.set_defaults(func=cmd_inspect)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown or (overrides and not getattr(args, "takes_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
     try:
+        if getattr(args, "takes_overrides", False):
+            return args.func(args, overrides)
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
         print(f"quant {args.command}: error: {e}", file=sys.stderr)

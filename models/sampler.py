@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.sharding import constrain, shard_batch, shard_params
+from models.sharding import constrain, param_shardings, shard_batch
 from models.transformer import KVCache, Transformer
 
 # finish codes
@@ -274,14 +274,17 @@ class Sampler:
     """Compiles `generate` once per (SamplingConfig, G, batch, prompt bucket) and runs it on a mesh."""
 
     def __init__(self, model: Transformer, tokenizer=None, mesh: jax.sharding.Mesh | None = None):
-        self.graphdef, params = nnx.split(model)
+        self.graphdef, state = nnx.split(model)
         self.tokenizer = tokenizer
         self.mesh = mesh
-        self.params = shard_params(params, mesh) if mesh is not None else params
+        # parameters are kept as a plain nested dict (what the trainer's state holds too)
+        self.shardings = nnx.to_pure_dict(param_shardings(state, mesh)) if mesh is not None else None
+        self.set_params(nnx.to_pure_dict(state))
         self._generate = jax.jit(functools.partial(generate, self.graphdef), static_argnames=("cfg", "group_size"))
 
     def set_params(self, params: Any) -> None:
-        self.params = shard_params(params, self.mesh) if self.mesh is not None else params
+        """Uses new policy parameters (a nested dict as from `nnx.to_pure_dict`), placed on the mesh."""
+        self.params = jax.device_put(params, self.shardings) if self.mesh is not None else params
 
     def config(self, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                stop: Sequence[str] = (), think_budget: int = 0, budget_suffix: str = "</think>",

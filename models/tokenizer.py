@@ -160,3 +160,22 @@ def _compile(source: str) -> jinja2.Template:
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         _TEMPLATES[source] = env.from_string(source)
     return _TEMPLATES[source]
+
+
+def char_tokenizer(alphabet: str, specials: Sequence[str] = ("<pad>", "<eos>", THINK_OPEN, THINK_CLOSE),
+                   unk: str = "<unk>", chat_template: str | None = None) -> Tokenizer:
+    """A character-level HF `tokenizers` tokenizer (for tiny models on synthetic tasks).
+
+    Ids: specials first (pad=0, eos=1, ...), then `unk`, then one id per character of `alphabet`.
+    Characters outside the alphabet map to `unk`.
+    """
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate([*specials, unk, *dict.fromkeys(alphabet)])}
+    tok = _HFTokenizer(models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    config = {"pad_token": specials[0], "eos_token": specials[1], "unk_token": unk,
+              "tokenizer_class": "PreTrainedTokenizerFast"}
+    return Tokenizer(tok, config, chat_template)

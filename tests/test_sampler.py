@@ -173,7 +173,7 @@ def test_no_recompilation_within_a_bucket(sampler):
 
 def test_mesh_samples_equal_single_device(model, sampler):
     mesh_sampler = Sampler(model, mesh=make_mesh((2, 2, 2)))
-    leaf = mesh_sampler.params["layers"]["wq"][...]
+    leaf = mesh_sampler.params["layers"]["wq"]
     assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
     cfg = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, pad_id=0)
     a = sampler.sample(PROMPTS + [[3, 4]], cfg, group_size=2, seed=7)

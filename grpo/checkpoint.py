@@ -1,0 +1,55 @@
+"""Orbax checkpoints of the whole TrainState in WORKDIR/checkpoints: atomic, async, resumable, re-shardable.
+
+Orbax writes each step into a temporary directory and renames it when complete, so a kill (even during
+a save) leaves the previous complete step as the latest; leftover temporaries are cleaned at start-up.
+Restoring passes a target that carries shardings, so the state comes back laid out for the current
+mesh (a different mesh or process count than the one that saved it works too).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("quant")
+
+
+class Checkpointer:
+    """Saves/restores a TrainState pytree under `directory`, keeping the newest `keep` steps."""
+
+    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, force: bool = False) -> None:
+        """Starts saving `state` as `step` (returns before the write finishes when async)."""
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+        """Restores `step` (default: latest) into the structure, dtypes and shardings of `abstract_state`.
+
+        Args:
+          abstract_state: a pytree of arrays or jax.ShapeDtypeStruct with `.sharding` set.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

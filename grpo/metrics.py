@@ -1,0 +1,114 @@
+"""Metrics: WORKDIR/metrics.jsonl (one object per logged step), TensorBoard when available, PNG plots.
+
+Only process 0 writes. On resume, lines of steps at or after the resumed step are dropped first, so the
+file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+log = logging.getLogger("quant")
+
+PLOTS = {
+    "reward": ["reward/mean"],
+    "accuracy": ["accuracy"],
+    "lengths": ["completion_len/mean", "think_len/mean"],
+    "kl": ["kl"],
+}
+
+
+def _clean(v):
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, enabled: bool = True, start_step: int = 0, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # keep only steps before the resume point
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", -1) < start_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter  # optional dependency
+                self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot(workdir: str | Path, groups: dict[str, Iterable[str]] | None = None) -> list[Path]:
+    """Writes one PNG per group of metrics (plus every eval/ metric) to WORKDIR/plots; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read(workdir)
+    out_dir = Path(workdir) / "plots"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = dict(groups or PLOTS)
+    evals = sorted({k for r in rows for k in r if k.startswith("eval/")})
+    by_dataset: dict[str, list[str]] = {}
+    for k in evals:
+        by_dataset.setdefault("eval_" + k.split("/")[1], []).append(k)
+    groups.update(by_dataset)
+    written = []
+    for name, keys in groups.items():
+        series = {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in keys}
+        series = {k: v for k, v in series.items() if v}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for k, pts in series.items():
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k)
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,342 @@
+"""The GRPO train step (one jit, sharded, donated state) and the training loop.
+
+    state, metrics = train_step(state, batch)       # pure; built by make_train_step(...)
+
+The loop (`train`) is plain Python: sample -> score -> update -> log / eval / checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from grpo import loss as loss_lib
+from grpo.rollout import Batch
+
+log = logging.getLogger("quant")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a restart needs, as one pytree."""
+
+    step: jax.Array  # int32 scalar: GRPO steps done (each has rl.mu x rl.minibatches optimizer updates)
+    params: Any  # nested dict of arrays (nnx.to_pure_dict of the model)
+    opt_state: Any
+    rng: jax.Array  # uint32 key data (raw, so it checkpoints as a plain array)
+    data_pos: jax.Array  # int32 scalar: dataset rows consumed
+
+
+def make_optimizer(ocfg: ml_collections.ConfigDict, total_updates: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine (or constant) decay, after global-norm clipping."""
+    warmup = min(int(ocfg.warmup_steps), max(total_updates - 1, 0))
+    if ocfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, max(warmup, 1), max(total_updates, warmup + 1),
+                                                end_value=ocfg.lr * ocfg.get("final_lr_frac", 0.0))
+    elif ocfg.schedule == "constant":
+        lr = optax.join_schedules([optax.linear_schedule(0.0, ocfg.lr, max(warmup, 1)),
+                                   optax.constant_schedule(ocfg.lr)], [max(warmup, 1)])
+    else:
+        raise ValueError(f"optim.schedule {ocfg.schedule!r} is not one of ['cosine', 'constant']")
+    parts = [optax.clip_by_global_norm(ocfg.grad_clip)] if ocfg.grad_clip > 0 else []
+    parts.append(optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=1e-8, weight_decay=ocfg.weight_decay))
+    return optax.chain(*parts), lr
+
+
+def token_logps(graphdef: nnx.GraphDef, params: Any, batch: Batch, with_entropy: bool = True):
+    """Log-probabilities (and entropies) of the completion tokens under `params`.
+
+    Returns:
+      (logp_nt, entropy_nt or None), float32, for the T completion positions.
+    """
+    model = nnx.merge(graphdef, params)
+    p = batch.prompt_len
+    hidden_nld, _ = model(batch.tokens, batch.positions, batch.kv_mask, return_hidden=True)
+    logits_ntv = model.logits(hidden_nld[:, p - 1:-1])  # position i predicts token i + 1
+    logp_ntv = jax.nn.log_softmax(logits_ntv, axis=-1)
+    targets_nt = batch.tokens[:, p:]
+    logp_nt = jnp.take_along_axis(logp_ntv, targets_nt[..., None], axis=-1)[..., 0]
+    entropy_nt = -(jnp.exp(logp_ntv) * logp_ntv).sum(-1) if with_entropy else None
+    return logp_nt, entropy_nt
+
+
+def _split(tree: Any, n: int) -> Any:
+    """(N, ...) leaves -> (n, N / n, ...) for a scan over micro-batches."""
+    return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), tree)
+
+
+def make_train_step(graphdef: nnx.GraphDef, lcfg: loss_lib.LossConfig, optimizer: optax.GradientTransformation,
+                    microbatches: int = 1, on_policy: bool = True) -> Callable:
+    """Builds `train_step(state, batch, old_logp) -> (state, metrics)` (not yet jitted).
+
+    Args:
+      graphdef: the model's static structure.
+      lcfg: loss settings.
+      optimizer: optax transformation (its state is in TrainState).
+      microbatches: gradients are accumulated over this many slices of the batch; the result equals one
+        pass over the whole batch (the loss normalisers are computed on the whole batch).
+      on_policy: the batch was sampled from exactly these parameters and this is the only update on it:
+        old log-probs are the current ones (ratio 1, as TRL does with one iteration); otherwise `old_logp`
+        is used.
+    """
+
+    def loss_fn(params, mb: Batch, old_logp_nt, denoms):
+        logp_nt, entropy_nt = token_logps(graphdef, params, mb)
+        old = jax.lax.stop_gradient(logp_nt) if on_policy else old_logp_nt
+        ref = mb.ref_logp if lcfg.beta > 0 else None
+        loss, metrics = loss_lib.policy_loss(logp_nt, old, mb.advantages, mb.completion_mask, lcfg, denoms,
+                                             ref_logp_nt=ref, entropy_nt=entropy_nt)
+        mask = mb.completion_mask
+        metrics = dict(metrics, logp_diff_sum=(jnp.abs(logp_nt - mb.sampler_logp) * mask).sum(),
+                       tokens=mask.sum())
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch, old_logp_nt: jax.Array):
+        denoms = loss_lib.loss_denominators(batch.completion_mask, lcfg)
+        if microbatches == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, old_logp_nt, denoms)
+            metrics = [metrics]
+        else:
+            def acc(carry, xs):
+                mb, old = xs
+                (l, m), g = grad_fn(state.params, mb, old, denoms)
+                return jax.tree.map(jnp.add, carry, (l, g)), m
+
+            zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), stacked = jax.lax.scan(acc, zeros, (_split(batch, microbatches),
+                                                               _split(old_logp_nt, microbatches)))
+            metrics = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(microbatches)]
+        metrics = loss_lib.merge_metrics(metrics)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # A non-finite loss or gradient skips the update: parameters and optimizer state stay as they were.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        state = state.replace(params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state))
+        tokens = jnp.maximum(metrics.pop("tokens"), 1)
+        metrics.update(loss=loss, grad_norm=grad_norm, skipped=(~ok).astype(jnp.int32),
+                       logp_diff=metrics.pop("logp_diff_sum") / tokens)
+        return state, metrics
+
+    return train_step
+
+
+def make_logp_fn(graphdef: nnx.GraphDef) -> Callable:
+    """params, batch -> completion log-probs (for old-policy or reference log-probs)."""
+    return lambda params, batch: token_logps(graphdef, params, batch, with_entropy=False)[0]
+
+
+
+# ---- setup ------------------------------------------------------------------------------------------------
+
+def load_policy(cfg: ml_collections.ConfigDict, mesh):
+    """The policy model and tokenizer named by cfg.model (an HF directory, or a preset initialised from seed)."""
+    from models import hf
+    from models.config import preset
+    from models.sharding import shard_params
+    from models.tokenizer import Tokenizer, char_tokenizer
+    from models.transformer import init_model
+
+    m = cfg.model
+    if m.hf_path:
+        model, tok = hf.load(m.hf_path, mesh=mesh, dtype=m.dtype, param_dtype=m.param_dtype)
+    else:
+        model, tok = init_model(preset(m.preset, dtype=m.dtype, param_dtype=m.param_dtype), seed=cfg.seed), None
+        nnx.update(model, shard_params(nnx.state(model), mesh))
+    if m.tokenizer == "char":
+        tok = char_tokenizer(m.alphabet)
+    elif m.tokenizer:
+        tok = Tokenizer.from_dir(m.tokenizer)
+    if tok is None:
+        raise ValueError("the model has no tokenizer: set model.tokenizer")
+    if tok.vocab_size > model.cfg.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {model.cfg.vocab_size}")
+    return model, tok
+
+
+class PromptStream:
+    """Dataset rows in a seeded order, reshuffled every epoch; position = rows consumed (checkpointed)."""
+
+    def __init__(self, rows, seed: int, shuffle: bool = True, pos: int = 0):
+        if len(rows) == 0:
+            raise ValueError("the training dataset is empty")
+        self.rows, self.seed, self.shuffle, self.pos = rows, seed, shuffle, pos
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            n = len(self.rows)
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                           else np.arange(n)}
+        return self._perms[epoch]
+
+    def take(self, k: int) -> list[dict]:
+        n = len(self.rows)
+        out = [self.rows[int(self._perm(i // n)[i % n])] for i in range(self.pos, self.pos + k)]
+        self.pos += k
+        return out
+
+
+def loss_config(cfg: ml_collections.ConfigDict) -> loss_lib.LossConfig:
+    r = cfg.rl
+    return loss_lib.LossConfig(advantage=r.advantage, std_scale=r.std_scale, eps_low=r.eps_low, eps_high=r.eps_high,
+                               dual_clip=r.dual_clip, ratio_level=r.ratio_level, beta=r.beta,
+                               kl_estimator=r.kl_estimator, loss_agg=r.loss_agg, norm_constant=r.norm_constant,
+                               entropy_coef=r.entropy_coef)
+
+
+def _opt_shardings(abstract_opt: Any, param_shardings: Any, replicated) -> Any:
+    """Optimizer-state shardings: a leaf whose path ends with a parameter's path is laid out like it."""
+    by_path = {tuple(str(k) for k in path): sh for path, sh in jax.tree_util.tree_flatten_with_path(
+        param_shardings)[0]}
+
+    def one(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for i in range(len(keys)):
+            if keys[i:] in by_path:
+                return by_path[keys[i:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt)
+
+
+def _slice_rows(tree: Any, start: int, stop: int) -> Any:
+    return jax.tree.map(lambda x: x[start:stop], tree)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progress: bool = True) -> dict:
+    """Trains (or resumes training) with GRPO as configured; returns the last logged metrics.
+
+    Re-running with the same workdir resumes from the newest complete checkpoint.
+    """
+    import json
+    from pathlib import Path
+
+    from grpo import checkpoint as ckpt_lib
+    from grpo import config as config_lib
+    from grpo import metrics as metrics_lib
+    from grpo.rollout import collect
+    from models.sampler import Sampler
+    from models.sharding import make_mesh, shard_batch
+    from rewards import compose
+
+    config_lib.validate(cfg, jax.device_count())
+    lcfg = loss_config(cfg)
+    lcfg.validate()
+    workdir = Path(workdir)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+    mesh = make_mesh(cfg.mesh.shape)
+    model, tok = load_policy(cfg, mesh)
+    graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    if data_rows is None:
+        from grpo import data as data_lib
+        data_rows = data_lib.load(cfg.data.dataset, cfg.data.split)
+    reward_fn = compose.build(cfg.rewards)
+    sampler = Sampler(model, tok, mesh)
+    ro = cfg.rollout
+    scfg = sampler.config(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_k=ro.top_k,
+                          top_p=ro.top_p, stop=tuple(ro.stop), think_budget=ro.think_budget)
+    template = cfg.data.prompt_template
+    encode = lambda row: tok.encode(tok.render_prompt(row["problem"], template))
+
+    updates = cfg.rl.mu * cfg.rl.minibatches
+    optimizer, lr_fn = make_optimizer(cfg.optim, cfg.total_steps * updates)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    p_shardings = sampler.shardings
+    state_shardings = TrainState(
+        step=replicated, params=p_shardings,
+        opt_state=_opt_shardings(jax.eval_shape(optimizer.init, params), p_shardings, replicated),
+        rng=replicated, data_pos=replicated)
+    ref_params = sampler.params if cfg.rl.beta > 0 else None  # the initial policy, placed on the mesh
+
+    with jax.set_mesh(mesh):
+        init = jax.jit(lambda p: TrainState(step=jnp.int32(0), params=p, opt_state=optimizer.init(p),
+                                            rng=jax.random.key_data(jax.random.key(cfg.seed)),
+                                            data_pos=jnp.int32(0)), out_shardings=state_shardings)
+        state = init(sampler.params)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        log.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
+    start = int(state.step)
+
+    on_policy = cfg.rl.old_logp == "auto" and updates == 1
+    step_fn = jax.jit(make_train_step(graphdef, lcfg, optimizer, cfg.optim.microbatches, on_policy),
+                      donate_argnums=0, out_shardings=(state_shardings, None))
+    logp_fn = jax.jit(make_logp_fn(graphdef))
+    stream = PromptStream(data_rows, cfg.seed, cfg.data.shuffle, pos=int(state.data_pos))
+    writer = metrics_lib.MetricsWriter(workdir, enabled=primary, start_step=start)
+    bar = None
+    if progress and primary:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.total_steps, initial=start, desc="grpo", dynamic_ncols=True)
+
+    n = cfg.data.prompts_per_step * ro.group_size
+    last = {}
+    for step in range(start, cfg.total_steps):
+        t0 = time.perf_counter()
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
+        sampler.set_params(state.params)
+        rollout = collect(sampler, stream.take, encode, reward_fn, scfg, lcfg, num_prompts=cfg.data.prompts_per_step,
+                          group_size=ro.group_size, rng=rng, dynamic_sampling=ro.dynamic_sampling,
+                          max_rounds=ro.max_sampling_rounds, mask_truncated=ro.mask_truncated)
+        tt = time.perf_counter()
+        with jax.set_mesh(mesh):
+            batch = shard_batch(mesh, rollout.batch)
+            if ref_params is not None:
+                batch = batch.replace(ref_logp=logp_fn(ref_params, batch))
+            old = (batch.sampler_logp if cfg.rl.old_logp == "sampler" or on_policy
+                   else logp_fn(state.params, batch))
+            per_update = []
+            for _ in range(cfg.rl.mu):
+                for j in range(cfg.rl.minibatches):
+                    lo, hi = j * n // cfg.rl.minibatches, (j + 1) * n // cfg.rl.minibatches
+                    mb = batch if cfg.rl.minibatches == 1 else _slice_rows(batch, lo, hi)
+                    mb_old = old if cfg.rl.minibatches == 1 else old[lo:hi]
+                    state, m = step_fn(state, mb, mb_old)
+                    per_update.append(m)
+        state = state.replace(step=jnp.int32(step + 1), data_pos=jnp.int32(stream.pos))
+        train_s = time.perf_counter() - tt
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
+            m = jax.tree.map(lambda *xs: float(np.mean([float(x) for x in xs])), *per_update)
+            m["skipped"] = sum(int(u["skipped"]) for u in per_update)
+            metrics = {**rollout.stats, **m, "lr": float(lr_fn((step + 1) * updates - 1)),
+                       "time/train_s": train_s, "time/step_s": time.perf_counter() - t0,
+                       "tokens_per_s/train": float(np.asarray(rollout.batch.kv_mask).sum()) * updates / train_s}
+            if "reward/math" in rollout.parts:
+                v = np.asarray(rollout.batch.valid)
+                metrics["accuracy"] = float((rollout.parts["reward/math"][v] > 0).mean()) if v.any() else 0.0
+            writer.write(step + 1, metrics)
+            last = metrics
+            if bar is not None:
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
+                                acc=f"{metrics.get('accuracy', float('nan')):.3f}", refresh=False)
+        if bar is not None:
+            bar.update(1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.total_steps:
+            ckpt.save(step + 1, state)
+    if ckpt.latest_step() != cfg.total_steps and start < cfg.total_steps:
+        ckpt.save(cfg.total_steps, state, force=True)
+    ckpt.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+    if primary and start < cfg.total_steps:
+        metrics_lib.plot(workdir)
+    return {"state": state, "metrics": last, "graphdef": graphdef, "tokenizer": tok}
