@@ -7,6 +7,7 @@ The loop (`train`) is plain Python: sample -> score -> update -> log / eval / ch
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Callable
@@ -36,17 +37,25 @@ class TrainState:
     data_pos: jax.Array  # int32 scalar: dataset rows consumed
 
 
-def make_optimizer(ocfg: ml_collections.ConfigDict, total_updates: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine (or constant) decay, after global-norm clipping."""
-    warmup = min(int(ocfg.warmup_steps), max(total_updates - 1, 0))
-    if ocfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, ocfg.lr, max(warmup, 1), max(total_updates, warmup + 1),
-                                                end_value=ocfg.lr * ocfg.get("final_lr_frac", 0.0))
-    elif ocfg.schedule == "constant":
-        lr = optax.join_schedules([optax.linear_schedule(0.0, ocfg.lr, max(warmup, 1)),
-                                   optax.constant_schedule(ocfg.lr)], [max(warmup, 1)])
-    else:
+def make_optimizer(ocfg: ml_collections.ConfigDict, total_updates: int):
+    """AdamW after global-norm clipping, with linear warm-up then cosine decay (or constant).
+
+    Returns:
+      (optimizer, lr_schedule). The first update already uses lr / warmup_steps (never 0).
+    """
+    if ocfg.schedule not in ("cosine", "constant"):
         raise ValueError(f"optim.schedule {ocfg.schedule!r} is not one of ['cosine', 'constant']")
+    peak, warmup = float(ocfg.lr), int(ocfg.warmup_steps)
+    final = float(ocfg.get("final_lr_frac", 0.0))
+
+    def lr(count):
+        count = jnp.asarray(count, jnp.float32)
+        scale = jnp.minimum((count + 1) / warmup, 1.0) if warmup > 0 else 1.0
+        if ocfg.schedule == "cosine":
+            progress = jnp.clip((count - warmup) / max(total_updates - warmup, 1), 0.0, 1.0)
+            scale = scale * (final + (1 - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+        return peak * scale
+
     parts = [optax.clip_by_global_norm(ocfg.grad_clip)] if ocfg.grad_clip > 0 else []
     parts.append(optax.adamw(lr, b1=ocfg.b1, b2=ocfg.b2, eps=1e-8, weight_decay=ocfg.weight_decay))
     return optax.chain(*parts), lr
@@ -117,8 +126,8 @@ def make_train_step(graphdef: nnx.GraphDef, lcfg: loss_lib.LossConfig, optimizer
             (loss, grads), stacked = jax.lax.scan(acc, zeros, (_split(batch, microbatches),
                                                                _split(old_logp_nt, microbatches)))
             metrics = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(microbatches)]
-        metrics = loss_lib.merge_metrics(metrics)
-        grad_norm = optax.global_norm(grads)
+        metrics = functools.reduce(loss_lib.merge_metrics, metrics)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
