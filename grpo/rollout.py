@@ -135,8 +135,8 @@ def collect(sampler: Sampler, prompts_fn: Callable[[int], list[dict]], encode: C
                               seed=jax.random.fold_in(rng, rounds), batch_size=num_prompts)
         sample_s += time.perf_counter() - ts
         ts = time.perf_counter()
-        samples = [dict(r, num_tokens=int(n)) for r, n in zip(np.repeat(np.asarray(rows, object), group_size),
-                                                             comp.lengths)]
+        per_row = [r for r in rows for _ in range(group_size)]
+        samples = [dict(r, num_tokens=int(n)) for r, n in zip(per_row, comp.lengths)]
         total, parts = reward_fn(comp.texts, samples)
         reward_s += time.perf_counter() - ts
         spread = total.reshape(num_prompts, group_size).std(axis=1) > 0

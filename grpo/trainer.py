@@ -242,6 +242,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     from rewards import compose
 
     config_lib.validate(cfg, jax.device_count())
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     lcfg = loss_config(cfg)
     lcfg.validate()
     workdir = Path(workdir)
@@ -321,8 +322,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
                     state, m = step_fn(state, mb, mb_old)
                     per_update.append(m)
         state = state.replace(step=jnp.int32(step + 1), data_pos=jnp.int32(stream.pos))
-        train_s = time.perf_counter() - tt
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
+            per_update = jax.device_get(per_update)  # the only device -> host sync of the step
+            train_s = time.perf_counter() - tt
             m = jax.tree.map(lambda *xs: float(np.mean([float(x) for x in xs])), *per_update)
             m["skipped"] = sum(int(u["skipped"]) for u in per_update)
             metrics = {**rollout.stats, **m, "lr": float(lr_fn((step + 1) * updates - 1)),
