@@ -53,3 +53,39 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_trained(workdir: str | Path, step: int | None = None, mesh=None):
+    """The policy of a training run: (model, tokenizer, step) from WORKDIR/config.json + its checkpoint.
+
+    Args:
+      workdir: a `quant train` output directory.
+      step: which checkpoint (default: the newest).
+      mesh: place the parameters on this mesh (default: one device).
+    """
+    import json
+
+    import ml_collections
+    from flax import nnx
+
+    from grpo.trainer import load_policy
+
+    workdir = Path(workdir)
+    if not (workdir / "config.json").exists():
+        raise FileNotFoundError(f"missing file: {workdir / 'config.json'} (not a quant train workdir)")
+    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    if mesh is None:
+        from models.sharding import make_mesh
+        mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    model, tok = load_policy(cfg, mesh)
+    graphdef, state = nnx.split(model)
+    shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(state))
+    got = jax.tree.map(lambda x: tuple(x.shape), restored["params"])
+    if jax.tree.structure(shapes) != jax.tree.structure(got) or shapes != got:
+        raise ValueError(f"checkpoint {step} in {workdir} does not match the model in its config.json")
+    return nnx.merge(graphdef, restored["params"]), tok, step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CONFIG = "configs/tiny_arith.py"
+# The default of a bare `quant train`. Until the embedded tiny reasoning model lands, this is the smoke
+# variant of the GSM8K recipe (the real code path on the random `tiny` preset).
+DEFAULT_CONFIG = "configs/gsm8k_qwen_math.py:smoke"
 
 
 def _config_from_args(args: argparse.Namespace, overrides: list[str]):
@@ -48,9 +51,21 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = _config_from_args(args, overrides)
-    workdir = args.workdir or f"runs/{Path(args.config or DEFAULT_CONFIG).stem.split(':')[0]}"
+    name = Path((args.config or DEFAULT_CONFIG).split(":")[0]).stem
+    workdir = args.workdir or f"runs/{name}"
     trainer.run(cfg, workdir, progress=not args.no_progress)
     print(f"done: metrics in {workdir}/metrics.jsonl, plots in {workdir}/plots/")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Writes a training run's checkpoint as a Hugging Face directory (transformers loads it)."""
+    from grpo.checkpoint import load_trained
+    from models import hf
+
+    model, tok, step = load_trained(args.checkpoint, args.step)
+    out = hf.save(model, args.out, tokenizer=tok, dtype=args.dtype)
+    print(f"exported step {step} of {args.checkpoint} to {out}")
     return 0
 
 
@@ -62,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, takes_overrides=True)
+    p = sub.add_parser("export", help="write a training checkpoint as a Hugging Face model directory")
+    p.add_argument("--checkpoint", required=True, help="a quant train workdir")
+    p.add_argument("--out", required=True, help="output HF directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("inspect", help="load a HF model directory or preset and print its config")
     p.add_argument("--model", required=True, help="HF directory or preset name")
     p.set_defaults(func=cmd_inspect)
@@ -74,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "takes_overrides", False):
             return args.func(args, overrides)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        if os.environ.get("QUANT_DEBUG"):
+            raise
         print(f"quant {args.command}: error: {e}", file=sys.stderr)
         return 2
 

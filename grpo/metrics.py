@@ -1,7 +1,7 @@
 """Metrics: WORKDIR/metrics.jsonl (one object per logged step), TensorBoard when available, PNG plots.
 
-Only process 0 writes. On resume, lines of steps at or after the resumed step are dropped first, so the
-file reads as one uninterrupted run.
+Only process 0 writes. On resume, lines of steps after the restored step are dropped first, so the file
+reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -36,15 +36,16 @@ def _clean(v):
 
 class MetricsWriter:
     def __init__(self, workdir: str | Path, enabled: bool = True, start_step: int = 0, tensorboard: bool = True):
+        """start_step: steps already done (restored); logged lines of later steps are dropped."""
         self.enabled = enabled
         self.path = Path(workdir) / "metrics.jsonl"
         self.tb = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():  # keep only steps before the resume point
+        if self.path.exists():  # keep only the steps the restored state has done
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", -1) < start_step]
+                    if line.strip() and json.loads(line).get("step", -1) <= start_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         if tensorboard:
             try:
