@@ -362,7 +362,7 @@ class Sampler:
             lengths=host.lengths, think_lengths=host.think_lengths, finish_reason=finish,
             budget_forced=host.budget_forced, prompt_tokens=tokens[:num], prompt_mask=mask[:num],
             group_size=group_size, device=out)
-        if decode and self.tokenizer is not None:
-            result.texts = self.tokenizer.decode_batch(
-                [row[:length] for row, length in zip(result.tokens, result.lengths)])
+        if decode and self.tokenizer is not None:  # text without the final EOS token
+            ends = result.lengths - (host.finish == EOS)
+            result.texts = self.tokenizer.decode_batch([row[:end] for row, end in zip(result.tokens, ends)])
         return result

@@ -124,6 +124,10 @@ def extract(text: str, fallback_last_number: bool, max_chars: int, max_depth: in
     """`extract_answer`, also saying why there is no answer: (answer, "") or (None, reason), the
     reason being NO_ANSWER, TOO_LONG or TOO_DEEP."""
     if not inside_tag:
+        close = text.rfind("</think>")
+        if close >= 0:  # R1 style: only what follows the reasoning is the answer
+            text = text[close + len("</think>"):]
+
         start = text.rfind("<answer>")
         end = text.find("</answer>", start + 8) if start >= 0 else -1
         if end >= 0:
@@ -155,7 +159,8 @@ def extract_answer(text: str, fallback_last_number: bool = False, max_answer_cha
                    max_brace_depth: int = 50) -> str | None:
     """Extracts the final answer from a completion.
 
-    In order: the content of the last `<answer>…</answer>` (itself searched as below); else the
+    Only the text after the last `</think>` counts when there is one (the reasoning is not the
+    answer). In order: the content of the last `<answer>…</answer>` (itself searched as below); else the
     last `\\boxed{…}`/`\\fbox{…}` (with the boxes right before it, for several answers); else what
     follows the last "answer is"/"answer:"; else what follows the last "####" (GSM8K); else the
     whole text if it is nothing but an answer ("18", "$x = 2$"); else, only with

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from math_cases import ALL_CASES
+from tests.math_cases import ALL_CASES
 from rewards import math as rm
 
 
@@ -209,7 +209,7 @@ def test_adversarial_inputs_do_not_disturb_a_batch():
 
 @pytest.fixture(scope="module")
 def flaky():
-    v = rm.MathVerifier(handler="flaky_math_worker", num_workers=2, timeout_s=0.5,
+    v = rm.MathVerifier(handler="tests.flaky_math_worker", num_workers=2, timeout_s=0.5,
                         memory_limit_mb=1024)
     v.pool.start(wait_ready=True)
     yield v
@@ -266,7 +266,7 @@ def test_workers_die_with_their_parent_even_when_busy(tmp_path):
     script.write_text(
         "import sys, threading, time\n"
         "from rewards.math import MathVerifier\n"
-        "v = MathVerifier(handler='flaky_math_worker', num_workers=1, timeout_s=600)\n"
+        "v = MathVerifier(handler='tests.flaky_math_worker', num_workers=1, timeout_s=600)\n"
         "v.pool.start(wait_ready=True)\n"
         "threading.Thread(target=v.verify_batch, args=(['\\\\boxed{HANG}'], ['1']), daemon=True).start()\n"
         "time.sleep(0.3)\n"
@@ -333,3 +333,10 @@ def test_math_reward_scores_and_reports():
     completions = ["\\boxed{0.5}", "\\boxed{4}", "no answer here"]
     assert reward(completions, samples) == [1.0, -0.5, -0.5]
     assert reward.metrics()["no_answer"] == 1
+
+
+def test_only_the_text_after_the_reasoning_is_the_answer():
+    assert rm.verify("<think>12+30=42</think>42", "42")
+    assert rm.verify("<think>try \\boxed{41}</think> so \\boxed{42}", "42")
+    assert not rm.verify("<think>the answer is 42</think>", "42")  # no final answer after </think>
+    assert not rm.verify("<think>\\boxed{42}</think> I give up", "42")
