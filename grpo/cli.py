@@ -58,6 +58,23 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Pretrains the tiny base model of the embedded default and writes it as a HF directory."""
+    import logging
+
+    from grpo import config as config_lib
+    from grpo import pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+    result = pretrain.run(cfg, args.out)
+    print(f"wrote {args.out or cfg.out_dir}")
+    for name, res in result.items():
+        print(f"{name}: accuracy {res['accuracy']:.3f}, think rate {res['think_rate']:.2f}; per difficulty: " +
+              ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in res.items() if isinstance(v, dict)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Writes a training run's checkpoint as a Hugging Face directory (transformers loads it)."""
     from grpo.checkpoint import load_trained
@@ -77,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, takes_overrides=True)
+    p = sub.add_parser("pretrain", help="pretrain the tiny base model of the embedded default")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/tiny_base.py"))
+    p.add_argument("--out", default=None, help="output HF directory (default: the config's out_dir)")
+    p.set_defaults(func=cmd_pretrain, takes_overrides=True)
     p = sub.add_parser("export", help="write a training checkpoint as a Hugging Face model directory")
     p.add_argument("--checkpoint", required=True, help="a quant train workdir")
     p.add_argument("--out", required=True, help="output HF directory")

@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
         tokenizer="",  # "" = the HF directory's; "char" = character tokenizer over model.alphabet
         alphabet="0123456789+-*/=().,:?' abcdefghijklmnopqrstuvwxyz"))
     c.data = ml_collections.ConfigDict(dict(dataset="gsm8k", split="train", prompt_template="r1",
-                                            prompts_per_step=8, shuffle=True))
+                                            prompts_per_step=8, shuffle=True,
+                                            num_rows=50_000))  # rows drawn from generated sets (arith)
     c.rollout = ml_collections.ConfigDict(dict(
         group_size=8, max_new_tokens=512, temperature=1.0, top_p=1.0, top_k=0, think_budget=0,
         stop=(), dynamic_sampling=False, max_sampling_rounds=3, mask_truncated=False))
@@ -57,8 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
                                              grad_clip=1.0, microbatches=1, b1=0.9, b2=0.99,
                                              final_lr_frac=0.0))
     c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
-    c.eval = ml_collections.ConfigDict(dict(datasets=(), split="test", num_problems=0, samples=1,
-                                            temperature=0.0, top_p=1.0, max_new_tokens=512, batch_size=32))
+    c.eval = ml_collections.ConfigDict(dict(
+        datasets=(), split="test", num_problems=0, samples=1, temperature=0.0, top_p=1.0, max_new_tokens=512,
+        batch_size=32, per_difficulty=100,  # held-out problems per level (arith)
+        summary_temperatures=()))  # also evaluated before and after training, for the summary table
     return c
 
 

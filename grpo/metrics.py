@@ -88,11 +88,14 @@ def plot(workdir: str | Path, groups: dict[str, Iterable[str]] | None = None) ->
     out_dir = Path(workdir) / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = dict(groups or PLOTS)
-    evals = sorted({k for r in rows for k in r if k.startswith("eval/")})
-    by_dataset: dict[str, list[str]] = {}
-    for k in evals:
-        by_dataset.setdefault("eval_" + k.split("/")[1], []).append(k)
-    groups.update(by_dataset)
+    # eval/<dataset>/<metric> -> one plot per dataset; eval/<dataset>/d<k>/<metric> (graded tasks) -> one
+    # plot per metric with a line per level
+    for k in sorted({k for r in rows for k in r if k.startswith("eval/")}):
+        parts = k.split("/")
+        if len(parts) == 4 and parts[2][:1] == "d" and parts[2][1:].isdigit():
+            groups.setdefault(f"eval_{parts[1]}_{parts[3]}_by_level", []).append(k)
+        elif len(parts) == 3:
+            groups.setdefault(f"eval_{parts[1]}", []).append(k)
     written = []
     for name, keys in groups.items():
         series = {k: [(r["step"], r[k]) for r in rows if r.get(k) is not None] for k in keys}
@@ -113,3 +116,29 @@ def plot(workdir: str | Path, groups: dict[str, Iterable[str]] | None = None) ->
         plt.close(fig)
         written.append(path)
     return written
+
+
+def summary_table(before: dict, after: dict) -> str:
+    """Markdown: evaluation before -> after training, per data set (and per difficulty when there is one)."""
+    lines = []
+    for tag, b in before.items():
+        a = after.get(tag)
+        if a is None:
+            continue
+        lines.append(f"### {tag}\n")
+        levels = [k for k in b if isinstance(b[k], dict) and "accuracy" in b[k]]
+        if levels:  # graded task: one row per difficulty, then all
+            lines.append("| level | accuracy | share that thinks | thinking tokens |")
+            lines.append("|---|---|---|---|")
+            for key, bb, aa in [(k, b[k], a[k]) for k in levels] + [("all", b, a)]:
+                lines.append(f"| {key} | {bb['accuracy']:.2f} → {aa['accuracy']:.2f} | "
+                             f"{bb['think_rate']:.2f} → {aa['think_rate']:.2f} | "
+                             f"{bb['think_len']:.1f} → {aa['think_len']:.1f} |")
+        else:
+            keys = [k for k in b.get("metrics", {}) if isinstance(b["metrics"][k], (int, float))]
+            lines.append("| metric | before | after |")
+            lines.append("|---|---|---|")
+            for k in keys:
+                lines.append(f"| {k} | {b['metrics'][k]:.3f} | {a['metrics'].get(k, float('nan')):.3f} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -198,6 +198,57 @@ class PromptStream:
         return out
 
 
+def training_rows(cfg: ml_collections.ConfigDict):
+    """The training problems named by cfg.data ("arith" is generated; anything else via grpo.data.load)."""
+    if cfg.data.dataset == "arith":
+        from grpo.data import arith
+        return arith.train_rows(cfg.data.num_rows, seed=cfg.seed)
+    from grpo import data as data_lib
+    return data_lib.load(cfg.data.dataset, cfg.data.split)
+
+
+class Evaluator:
+    """Held-out evaluation at eval steps: `eval/<dataset>/<metric>` metrics from the current sampler params."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, sampler, tok):
+        self.cfg, self.sampler, self.tok = cfg.eval, sampler, tok
+        self.template = cfg.data.prompt_template
+        self.sets = {}
+        for name in self.cfg.datasets:
+            if name == "arith":
+                from grpo.data import arith
+                self.sets[name] = arith.held_out(self.cfg.per_difficulty, seed=cfg.seed)
+            else:
+                from grpo import data as data_lib
+                rows = data_lib.load(name, self.cfg.split)
+                n = self.cfg.num_problems or len(rows)
+                self.sets[name] = [rows[i] for i in range(min(n, len(rows)))]
+
+    def __call__(self, step: int, extra_temperatures=()) -> tuple[dict, dict]:
+        """Evaluates every data set at eval.temperature (metrics `eval/<dataset>/...`) and at each extra
+        temperature (`eval/<dataset>/t<temp>/...`). Returns (flat metrics, results by tag)."""
+        metrics, results = {}, {}
+        temps = [self.cfg.temperature] + [t for t in extra_temperatures if t != self.cfg.temperature]
+        for name, rows in self.sets.items():
+            for i, temp in enumerate(temps):
+                scfg = self.sampler.config(max_new_tokens=self.cfg.max_new_tokens, temperature=temp,
+                                           top_p=self.cfg.top_p if temp > 0 else 1.0)
+                tag = name if i == 0 else f"{name}/t{temp:g}"
+                if name == "arith":
+                    from grpo.data import arith
+                    res = arith.evaluate(self.sampler, scfg, rows, seed=step, batch_size=self.cfg.batch_size)
+                    metrics.update(arith.flat(res, f"eval/{tag}"))
+                else:
+                    from grpo import evaluate as eval_lib
+                    res = eval_lib.evaluate_datasets(
+                        self.sampler, self.tok, {name: rows}, samples=self.cfg.samples, temperature=temp,
+                        top_p=self.cfg.top_p, max_new_tokens=self.cfg.max_new_tokens,
+                        prompt_template=self.template, batch_size=self.cfg.batch_size)[name]
+                    metrics.update(eval_lib.flat_metrics(res, tag))
+                results[f"{name} (temperature {temp:g})"] = res
+        return metrics, results
+
+
 def loss_config(cfg: ml_collections.ConfigDict) -> loss_lib.LossConfig:
     r = cfg.rl
     return loss_lib.LossConfig(advantage=r.advantage, std_scale=r.std_scale, eps_low=r.eps_low, eps_high=r.eps_high,
@@ -223,6 +274,20 @@ def _opt_shardings(abstract_opt: Any, param_shardings: Any, replicated) -> Any:
 
 def _slice_rows(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda x: x[start:stop], tree)
+
+
+def step_metrics(rollout, per_update: list[dict], lr: float, t0: float, t1: float, updates: int) -> dict:
+    """One step's metrics: rollout statistics, the updates' mean loss metrics, rates and timings."""
+    m = jax.tree.map(lambda *xs: float(np.mean([float(x) for x in xs])), *per_update)
+    m["skipped"] = sum(int(u["skipped"]) for u in per_update)
+    train_s = time.perf_counter() - t1
+    metrics = {**rollout.stats, **m, "lr": float(lr), "time/train_s": train_s,
+               "time/step_s": time.perf_counter() - t0,
+               "tokens_per_s/train": float(np.asarray(rollout.batch.kv_mask).sum()) * updates / train_s}
+    if "reward/math" in rollout.parts:  # correct answers (the math reward is > 0 exactly then)
+        v = np.asarray(rollout.batch.valid)
+        metrics["accuracy"] = float((rollout.parts["reward/math"][v] > 0).mean()) if v.any() else 0.0
+    return metrics
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progress: bool = True) -> dict:
@@ -255,8 +320,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     graphdef, params = nnx.split(model)
     params = nnx.to_pure_dict(params)
     if data_rows is None:
-        from grpo import data as data_lib
-        data_rows = data_lib.load(cfg.data.dataset, cfg.data.split)
+        data_rows = training_rows(cfg)
     reward_fn = compose.build(cfg.rewards)
     sampler = Sampler(model, tok, mesh)
     ro = cfg.rollout
@@ -297,57 +361,66 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
         from tqdm import tqdm
         bar = tqdm(total=cfg.total_steps, initial=start, desc="grpo", dynamic_ncols=True)
 
-    n = cfg.data.prompts_per_step * ro.group_size
-    last = {}
-    for step in range(start, cfg.total_steps):
-        t0 = time.perf_counter()
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-        sampler.set_params(state.params)
-        rollout = collect(sampler, stream.take, encode, reward_fn, scfg, lcfg, num_prompts=cfg.data.prompts_per_step,
-                          group_size=ro.group_size, rng=rng, dynamic_sampling=ro.dynamic_sampling,
-                          max_rounds=ro.max_sampling_rounds, mask_truncated=ro.mask_truncated)
-        tt = time.perf_counter()
+    def update(state, rollout_batch):
+        """mu passes x minibatches optimizer updates on one rollout batch (device)."""
+        n = rollout_batch.tokens.shape[0]
         with jax.set_mesh(mesh):
-            batch = shard_batch(mesh, rollout.batch)
+            batch = shard_batch(mesh, rollout_batch)
             if ref_params is not None:
                 batch = batch.replace(ref_logp=logp_fn(ref_params, batch))
-            old = (batch.sampler_logp if cfg.rl.old_logp == "sampler" or on_policy
-                   else logp_fn(state.params, batch))
+            old = batch.sampler_logp if cfg.rl.old_logp == "sampler" or on_policy else logp_fn(state.params, batch)
             per_update = []
             for _ in range(cfg.rl.mu):
                 for j in range(cfg.rl.minibatches):
                     lo, hi = j * n // cfg.rl.minibatches, (j + 1) * n // cfg.rl.minibatches
-                    mb = batch if cfg.rl.minibatches == 1 else _slice_rows(batch, lo, hi)
-                    mb_old = old if cfg.rl.minibatches == 1 else old[lo:hi]
-                    state, m = step_fn(state, mb, mb_old)
+                    state, m = step_fn(state, _slice_rows(batch, lo, hi), old[lo:hi])
                     per_update.append(m)
+        return state, per_update
+
+    evaluator = Evaluator(cfg, sampler, tok) if cfg.eval.datasets else None
+    before = after = None
+    if evaluator is not None and start == 0:  # the base policy, for the before -> after summary
+        eval_metrics, before = evaluator(0, cfg.eval.summary_temperatures)
+        writer.write(0, eval_metrics)
+    last = {}
+    for step in range(start, cfg.total_steps):
+        t0 = time.perf_counter()
+        sampler.set_params(state.params)
+        rollout = collect(sampler, stream.take, encode, reward_fn, scfg, lcfg, num_prompts=cfg.data.prompts_per_step,
+                          group_size=ro.group_size, rng=jax.random.fold_in(jax.random.wrap_key_data(state.rng), step),
+                          dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_sampling_rounds,
+                          mask_truncated=ro.mask_truncated)                       # device + host rewards
+        t1 = time.perf_counter()
+        state, per_update = update(state, rollout.batch)                         # device
         state = state.replace(step=jnp.int32(step + 1), data_pos=jnp.int32(stream.pos))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.total_steps:
+        done, metrics = step + 1, {}
+        if done % cfg.log_every == 0 or done == cfg.total_steps:
             per_update = jax.device_get(per_update)  # the only device -> host sync of the step
-            train_s = time.perf_counter() - tt
-            m = jax.tree.map(lambda *xs: float(np.mean([float(x) for x in xs])), *per_update)
-            m["skipped"] = sum(int(u["skipped"]) for u in per_update)
-            metrics = {**rollout.stats, **m, "lr": float(lr_fn((step + 1) * updates - 1)),
-                       "time/train_s": train_s, "time/step_s": time.perf_counter() - t0,
-                       "tokens_per_s/train": float(np.asarray(rollout.batch.kv_mask).sum()) * updates / train_s}
-            if "reward/math" in rollout.parts:
-                v = np.asarray(rollout.batch.valid)
-                metrics["accuracy"] = float((rollout.parts["reward/math"][v] > 0).mean()) if v.any() else 0.0
-            writer.write(step + 1, metrics)
-            last = metrics
+            metrics = step_metrics(rollout, per_update, lr_fn(done * updates - 1), t0, t1, updates)
             if bar is not None:
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}",
                                 acc=f"{metrics.get('accuracy', float('nan')):.3f}", refresh=False)
+        if evaluator is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.total_steps):
+            sampler.set_params(state.params)
+            eval_metrics, results = evaluator(done, cfg.eval.summary_temperatures if done == cfg.total_steps else ())
+            metrics.update(eval_metrics)
+            after = results if done == cfg.total_steps else after
+        if metrics:
+            writer.write(done, metrics)
+            last = metrics
         if bar is not None:
             bar.update(1)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.total_steps:
-            ckpt.save(step + 1, state)
-    if ckpt.latest_step() != cfg.total_steps and start < cfg.total_steps:
-        ckpt.save(cfg.total_steps, state, force=True)
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.total_steps:
+            ckpt.save(done, state, force=done == cfg.total_steps)
     ckpt.close()
     writer.close()
     if bar is not None:
         bar.close()
     if primary and start < cfg.total_steps:
         metrics_lib.plot(workdir)
-    return {"state": state, "metrics": last, "graphdef": graphdef, "tokenizer": tok}
+        if before is not None and after is not None:
+            text = metrics_lib.summary_table(before, after)
+            (workdir / "summary.md").write_text(text)
+            print("\n" + text)
+    return {"state": state, "metrics": last, "graphdef": graphdef, "tokenizer": tok, "before": before,
+            "after": after}

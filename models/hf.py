@@ -234,6 +234,7 @@ def save(model: Transformer, path: str | os.PathLike, tokenizer=None, *, max_sha
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary shared directory
     hf_cfg = cfg.to_hf_dict()
     hf_cfg["torch_dtype"] = dtype or cfg.param_dtype
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2))

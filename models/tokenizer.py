@@ -179,3 +179,21 @@ def char_tokenizer(alphabet: str, specials: Sequence[str] = ("<pad>", "<eos>", T
     config = {"pad_token": specials[0], "eos_token": specials[1], "unk_token": unk,
               "tokenizer_class": "PreTrainedTokenizerFast"}
     return Tokenizer(tok, config, chat_template)
+
+
+def train_char_tokenizer(corpus: Sequence[str], specials: Sequence[str] = ("<pad>", "<eos>", "<unk>", THINK_OPEN,
+                                                                          THINK_CLOSE)) -> Tokenizer:
+    """Trains a character-level tokenizer with HF `tokenizers` on `corpus` (one token per character seen).
+
+    The first two specials are the pad and EOS tokens, the third the unknown token.
+    """
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+
+    tok = _HFTokenizer(models.WordLevel(unk_token=specials[2]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=list(specials), show_progress=False))
+    config = {"pad_token": specials[0], "eos_token": specials[1], "unk_token": specials[2],
+              "tokenizer_class": "PreTrainedTokenizerFast"}
+    return Tokenizer(tok, config)
