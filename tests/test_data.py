@@ -158,6 +158,8 @@ def test_unknown_names_and_splits():
         data.load("aime23")
     with pytest.raises(DataError, match="aime24 has no split 'train'"):
         data.load("aime24", split="train")
+    with pytest.raises(DataError, match="a file is one split; got split='test'"):
+        data.load(FIXTURES / "math500.jsonl", split="test")
     with pytest.raises(DataError, match="missing.jsonl: no such file"):
         data.load("missing.jsonl")
 
