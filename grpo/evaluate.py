@@ -255,7 +255,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
     """A short markdown table of the report's metrics."""
     m = report["metrics"]
     title = f"{report.get('dataset', 'eval')}" + (f" ({report['split']})" if report.get("split") else "")
-    lines = [f"### {title}: {m['num_problems']} problems x {m['samples_per_problem']} samples", "",
+    plural = lambda n, word: f"{n} {word}{'' if n == 1 else 's'}"  # noqa: E731
+    lines = [f"### {title}: {plural(m['num_problems'], 'problem')} x {plural(m['samples_per_problem'], 'sample')}", "",
              "| metric | value |", "| --- | --- |"]
     lines += [f"| {k} | {100 * v:.2f}% |" for k, v in m.items() if k.startswith(("pass@", "maj@"))]
     unit = "tokens" if report["token_unit"] == "tokens" else "words"
