@@ -371,12 +371,14 @@ def evaluate_model(model, tokenizer, problems: Sequence[Mapping[str, Any]], *, s
     Returns:
       The report of `score_completions`, with the settings under "settings".
     """
+    from grpo.data.prompts import default_template
+
+    sampling["template"] = sampling.get("template") or default_template(tokenizer)
     completions = generate_completions(model, tokenizer, problems, samples=samples, temperature=temperature,
                                        top_p=top_p, max_new_tokens=max_new_tokens, **sampling)
-    report = score_completions(problems, completions)
-    settings = dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-    settings.update({k: v for k, v in sampling.items() if k in ("top_k", "template", "seed")})
-    return {"settings": settings, **report}
+    settings = dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    top_k=sampling.get("top_k", 0), template=sampling["template"], seed=sampling.get("seed", 0))
+    return {"settings": settings, **score_completions(problems, completions)}
 
 
 def evaluate_datasets(sampler, tokenizer, datasets: Mapping[str, Sequence[Mapping[str, Any]]], *, samples: int,

@@ -249,6 +249,7 @@ def test_quant_eval_model_end_to_end(tmp_path, capsys):
         Sampler(model, tokenizer, mesh), tokenizer, {"fixture": read_jsonl(FIXTURES / "problems.jsonl")}, samples=2,
         temperature=1.0, top_p=1.0, max_new_tokens=8, seed=5, batch_size=8)
     assert reports["fixture"]["problems"] == report["problems"]
+    assert reports["fixture"]["settings"] == report["settings"]
     assert flat == {f"eval/fixture/{k}": v for k, v in m.items() if v is not None}
 
     # The saved completions, scored without the model, give the same verdicts and accuracies.
