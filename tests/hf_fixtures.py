@@ -38,13 +38,13 @@ def make_tokenizer_files(path: Path) -> None:
 
 
 def make_checkpoint(path: Path, arch: str = "qwen2", tie: bool = False, rope_scaling: dict | None = None,
-                    seed: int = 0, tokenizer: bool = False, **extra) -> Path:
+                    seed: int = 0, tokenizer: bool = False, vocab_size: int = VOCAB, **extra) -> Path:
     """Writes a random tiny HF checkpoint (GQA 4 heads / 2 KV heads) with non-trivial norms and biases."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
                   max_position_embeddings=256, **extra)
     if rope_scaling is not None:

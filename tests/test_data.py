@@ -158,6 +158,8 @@ def test_unknown_names_and_splits():
         data.load("aime23")
     with pytest.raises(DataError, match="aime24 has no split 'train'"):
         data.load("aime24", split="train")
+    with pytest.raises(DataError, match="a file is one split; got split='test'"):
+        data.load(FIXTURES / "math500.jsonl", split="test")
     with pytest.raises(DataError, match="missing.jsonl: no such file"):
         data.load("missing.jsonl")
 
@@ -166,7 +168,22 @@ def test_prompt_templates():
     assert data.render_prompt("What is 1+1?", "plain") == "What is 1+1?"
     r1 = data.render_prompt("What is 1+1?", "r1")
     assert r1.endswith("User: What is 1+1?\nAssistant: <think>") and "\\boxed{}" in r1
-    assert data.render_prompt("Q", "boxed") == "Q\nPlease reason step by step, and put your final answer within \\boxed{}."
+    boxed = "Q\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert data.render_prompt("Q", "boxed") == boxed
     assert data.default_template(None) == "r1"
     with pytest.raises(ValueError, match="needs a tokenizer with a chat template"):
         data.render_prompt("Q", "chat")
+
+
+def test_chat_template_holds_the_boxed_instruction():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+
+    from models.tokenizer import Tokenizer
+    from tests.hf_fixtures import CHAT_TEMPLATE
+
+    tok = Tokenizer(HFTokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")), chat_template=CHAT_TEMPLATE)
+    assert data.default_template(tok) == "chat"
+    assert data.render_prompt("Q", "chat", tok) == (
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nQ\nPlease reason step by step, and put "
+        "your final answer within \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")

@@ -13,7 +13,9 @@ names are prefixed (`quant_aime24`), so after `import grpo.data`,
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,7 +72,7 @@ def load(name_or_path: str | os.PathLike, split: str | None = None, *, data_dir:
 
     Args:
       name_or_path: a name in DATASETS, or a path to a .jsonl file.
-      split: for registered sets (default: the builder's first split, "test"); a file has one split.
+      split: for registered sets (default: the builder's first split, "test"); a file is one split (None).
       data_dir: see `resolve_data_dir`.
       manual_dir: where the builders look for the user's own files (TFDS default:
         <data dir>/downloads/manual).
@@ -85,7 +87,9 @@ def load(name_or_path: str | os.PathLike, split: str | None = None, *, data_dir:
     if name not in DATASETS:
         path = Path(name).expanduser()
         if path.suffix == ".jsonl" or path.exists():
-            return Problems(read_jsonl(path), path.stem, split)
+            if split is not None:
+                raise DataError(f"{path}: a file is one split; got split={split!r}")
+            return Problems(read_jsonl(path), path.stem, None)
         raise DataError(f"unknown data set {name!r}; known: {sorted(DATASETS)}, or a path to a .jsonl file")
     cls = DATASETS[name]
     split = split or cls.SPLITS[0]
@@ -95,9 +99,10 @@ def load(name_or_path: str | os.PathLike, split: str | None = None, *, data_dir:
         builder = cls(data_dir=str(resolve_data_dir(data_dir)), file_format="array_record")
         builder.fetch_splits = (split,)
         mode = tfds.download.GenerateMode
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=False,
-            download_mode=mode.REUSE_CACHE_IF_EXISTS if rebuild or attempt else mode.REUSE_DATASET_IF_EXISTS))
+        with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress; stdout is for results
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, try_download_gcs=False,
+                download_mode=mode.REUSE_CACHE_IF_EXISTS if rebuild or attempt else mode.REUSE_DATASET_IF_EXISTS))
         if split in builder.info.splits:
             source = builder.as_data_source(split=split)
             return Problems(source, name, split, decode=builders.decode_example)

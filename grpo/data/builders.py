@@ -28,7 +28,7 @@ import re
 import socket
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable
 
 import tensorflow_datasets as tfds
 
@@ -42,15 +42,22 @@ SHIPPED_DIR = Path(str(importlib.resources.files("grpo.data") / "files"))
 class RowsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base builder: `_rows(split, dl_manager)` supplies rows, this class checks and stores them.
 
-    Subclasses set `name`, `SPLITS` (the first is the default) and `VERSION`, and implement `_rows`.
-    """
+    Subclasses set `name`, `SPLITS` (the first is the default) and `VERSION`, and implement `_rows`;
+    a generated task is a few lines, then an entry in `grpo.data.DATASETS`:
 
-    fetch_splits: Collection[str] | None = None  # splits that may be downloaded; None: all
+        class Arith(RowsBuilder):
+            name = "quant_arith"
+            SPLITS = ("train", "test")
+
+            def _rows(self, split, dl_manager):
+                return enumerate(generate_problems(split), 1), f"arith generator, split {split}"
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     SPLITS: tuple[str, ...] = ("test",)
     DESCRIPTION = ""
     HOMEPAGE = ""
+    fetch_splits: Collection[str] | None = None  # splits that may be downloaded now; None: all
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
@@ -117,6 +124,8 @@ class Source:
 
 
 class FileBuilder(RowsBuilder, skip_registration=True):
+    """Rows from JSON Lines files: `SOURCES` maps each split to its `Source`."""
+
     SOURCES: dict[str, Source] = {}
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Optional. To use your own copy of a split, put a JSON Lines file with rows "
