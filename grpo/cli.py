@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/tiny_base.py"))
     p.add_argument("--out", default=None, help="output HF directory (default: the config's out_dir)")
     p.set_defaults(func=cmd_pretrain, takes_overrides=True)
+    from grpo.evaluate import add_eval_parser
+    add_eval_parser(sub)
     p = sub.add_parser("export", help="write a training checkpoint as a Hugging Face model directory")
     p.add_argument("--checkpoint", required=True, help="a quant train workdir")
     p.add_argument("--out", required=True, help="output HF directory")

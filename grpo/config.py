@@ -176,6 +176,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _choice(cfg, "optim.schedule", SCHEDULES)
     _choice(cfg, "model.dtype", DTYPES)
     _choice(cfg, "model.param_dtype", DTYPES)
+    from grpo.data.prompts import TEMPLATES
+    _choice(cfg, "data.prompt_template", TEMPLATES)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
     if cfg.rl.dual_clip and cfg.rl.dual_clip <= 1:

@@ -481,7 +481,11 @@ def _eval_model(args: argparse.Namespace, dataset: str, problems: list[dict]) ->
     if settings["samples"] > 1 and settings["temperature"] == 0:
         raise ValueError(f"{settings['samples']} greedy samples would all be the same; set --temperature")
     mesh = make_mesh((1, -1, 1))
-    model, tokenizer = hf.load(args.model, mesh)
+    if (Path(args.model) / "checkpoints").is_dir():  # a `quant train` workdir: its newest checkpoint
+        from grpo.checkpoint import load_trained
+        model, tokenizer, _ = load_trained(args.model, mesh=mesh)
+    else:
+        model, tokenizer = hf.load(args.model, mesh)
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer.json")
     if settings["template"] is None:

@@ -240,10 +240,11 @@ class Evaluator:
                     metrics.update(arith.flat(res, f"eval/{tag}"))
                 else:
                     from grpo import evaluate as eval_lib
-                    res = eval_lib.evaluate_datasets(
+                    _, reports = eval_lib.evaluate_datasets(
                         self.sampler, self.tok, {name: rows}, samples=self.cfg.samples, temperature=temp,
-                        top_p=self.cfg.top_p, max_new_tokens=self.cfg.max_new_tokens,
-                        prompt_template=self.template, batch_size=self.cfg.batch_size)[name]
+                        top_p=self.cfg.top_p if temp > 0 else 1.0, max_new_tokens=self.cfg.max_new_tokens,
+                        template=self.template, batch_size=self.cfg.batch_size)
+                    res = reports[name]
                     metrics.update(eval_lib.flat_metrics(res, tag))
                 results[f"{name} (temperature {temp:g})"] = res
         return metrics, results
@@ -326,8 +327,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     ro = cfg.rollout
     scfg = sampler.config(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_k=ro.top_k,
                           top_p=ro.top_p, stop=tuple(ro.stop), think_budget=ro.think_budget)
-    template = cfg.data.prompt_template
-    encode = lambda row: tok.encode(tok.render_prompt(row["problem"], template))
+    from grpo.data.prompts import render_prompt
+    encode = lambda row: tok.encode(render_prompt(row["problem"], cfg.data.prompt_template, tok))
 
     updates = cfg.rl.mu * cfg.rl.minibatches
     optimizer, lr_fn = make_optimizer(cfg.optim, cfg.total_steps * updates)
