@@ -166,6 +166,7 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> _Setup:
                 raise SandboxUnavailable(f"uid {taken[0]} belongs to an account; sandbox uids "
                                          f"{FIRST_UID}..{FIRST_UID + MAX_SLOTS - 1} must be unused (change FIRST_UID)")
         tools["bwrap"] = bwrap or shutil.which("bwrap", path=_TOOL_DIRS)
+        tools["bwrap_flags"] = _bwrap_flags(tools["bwrap"])
         problem = _probe(_Setup(True, tools, as_root), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
             f"bubblewrap not found (looked for {bwrap or 'bwrap in ' + _TOOL_DIRS})")
         if not problem:
@@ -179,6 +180,16 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> _Setup:
             raise SandboxUnavailable(f"cannot isolate untrusted code: {problem}. {_FIX}")
         _SETUPS[key] = setup
         return setup
+
+
+def _bwrap_flags(bwrap: str | None) -> tuple[str, ...]:
+    """Optional hardening this bwrap supports: no nested user namespaces (bwrap >= 0.8), which
+    keeps the kernel code reachable only through them out of the program's reach."""
+    try:
+        usage = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, env={}).stdout
+    except (OSError, TypeError, subprocess.SubprocessError):
+        return ()
+    return ("--unshare-user", "--disable-userns") if "--disable-userns" in usage else ()
 
 
 def _has_account(uid: int) -> bool:
@@ -291,7 +302,7 @@ def _command(setup: _Setup, limits: Limits, slot: int, cpu: int | None, info_fd:
         # and bwrap reaps it (bwrap's own init would be orphaned and left to the machine's init); and
         # the program cannot signal it, since the kernel drops signals to an init from inside.
         cmd += [setup.tools["bwrap"], "--unshare-all", "--die-with-parent", "--new-session", "--as-pid-1",
-                "--hostname", "sandbox"]
+                "--hostname", "sandbox", *setup.tools["bwrap_flags"]]
         cmd += _system_mounts(limits.python)
         cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * mb), "--tmpfs", "/tmp",
                 "--chdir", "/tmp", "--remount-ro", "/", "--clearenv"]
@@ -391,6 +402,11 @@ def _execute(program: str, cases: list[judge.Case], limits: Limits, setup: _Setu
             cap = (len(cases) + 1) * (7 * limits.max_output_bytes + 4096)
             out, err, info, ended = _communicate(proc, job, info_r, start + limits.wall_seconds, cap)
         finally:
+            if ended:  # the pipes closed; bwrap exits right after its init (the harness)
+                try:
+                    proc.wait(timeout=max(1.0, start + limits.wall_seconds - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    ended = False
             if not ended:
                 _kill_tree(proc, info)
             proc.wait()

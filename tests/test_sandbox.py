@@ -289,6 +289,23 @@ def test_no_network_even_to_a_local_listener():
             listener.accept()
 
 
+def test_no_new_namespaces_or_privileges_inside():
+    program = prog("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        for name, flag in [("user", 0x10000000), ("net", 0x40000000), ("mount", 0x00020000)]:
+            print(name, libc.unshare(flag), os.strerror(ctypes.get_errno()))
+        print("uid", os.getuid(), "caps", open("/proc/self/status").read().split("CapEff:")[1].split()[0])
+        os.setuid(0)
+    """)
+    result = run(program, [{"input": "", "output": ""}])
+    assert statuses(result) == ["runtime_error"] and "setuid" not in result.tests[0].output
+    assert "Error: [Errno" in result.tests[0].detail  # setuid(0) refused (root is not even mapped)
+    lines = result.tests[0].output.splitlines()
+    assert all(line.split()[1] == "-1" for line in lines[:3]), lines
+    assert lines[3] == f"uid {os.getuid() if os.getuid() else sandbox.FIRST_UID} caps 0000000000000000"
+
+
 def test_killing_the_parent_hurts_only_the_attacker(pool):
     sleeper = subprocess.Popen(["sleep", "30"])  # a process of ours the attack tries to kill by pid
     try:
