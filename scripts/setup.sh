@@ -4,12 +4,20 @@
 #   bash scripts/setup.sh --test   # the package plus test-only references (pytest, torch CPU, transformers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v bwrap >/dev/null 2>&1; then
+# The code sandbox (rewards/sandbox.py) needs bubblewrap, util-linux (prlimit, setpriv, taskset) and a
+# system python3 at /usr/bin/python3 that an unprivileged uid can read.
+pkgs=""
+command -v bwrap >/dev/null 2>&1 || pkgs="$pkgs bubblewrap"
+for tool in prlimit setpriv taskset; do
+  command -v "$tool" >/dev/null 2>&1 || { pkgs="$pkgs util-linux"; break; }
+done
+[ -x /usr/bin/python3 ] || pkgs="$pkgs python3"
+if [ -n "$pkgs" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bubblewrap >/dev/null
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $pkgs >/dev/null
   else
-    echo "warning: bubblewrap (bwrap) not found; install it to run code rewards in the sandbox" >&2
+    echo "warning: missing$pkgs; install them to run code rewards in the sandbox" >&2
   fi
 fi
 extra=""; [ "${1:-}" = "--test" ] && extra="[test]"

@@ -100,3 +100,17 @@ def test_config_builds_and_validates():
 def test_bad_samples_are_named(reward):
     with pytest.raises(ValueError, match=r"samples\[1\] has no 'tests'"):
         reward([completion("print(1)\n")] * 2, [{"tests": SUM_TESTS}, {"answer": "3"}])
+
+
+def test_works_inside_a_multithreaded_jax_process(reward):
+    import concurrent.futures
+
+    import jax
+    import jax.numpy as jnp
+
+    total = jax.jit(lambda x: (x * x).sum())(jnp.arange(64.0))  # XLA's thread pools are running now
+    right = completion("a, b = map(int, input().split())\nprint(a + b)\n")
+    with concurrent.futures.ThreadPoolExecutor(3) as threads:  # rewards scored from several threads
+        batches = list(threads.map(lambda _: reward([right] * 4, [{"tests": SUM_TESTS}] * 4), range(3)))
+    assert batches == [[1.0] * 4] * 3
+    assert float(total) == sum(i * i for i in range(64))
