@@ -1,9 +1,10 @@
 """The in-sandbox harness: runs one program against test inputs and reports raw observations.
 
-`rewards.sandbox` hands this file's source to the sandbox interpreter with `-c`, so it must work on
-its own with only the standard library of whatever Python the sandbox runs (3.8 or newer). It
-never sees an expected output: it reports what each test printed or returned, and the trusted
-parent process decides pass or fail. Each test runs in a fresh `fork()` of this process, so one
+`rewards.isolate` compiles this file once with the sandbox's interpreter and sends the bytecode
+with each job (compiling it per run would cost 5 ms), so it must work on its own with only the
+standard library of whatever Python the sandbox runs (3.8 or newer). It never sees an expected
+output: it reports what each test printed or returned, and the trusted parent process decides
+pass or fail. Each test runs in a fresh `fork()` of this process, so one
 test's crash, timeout or global mutation cannot leak into the next, and a fork costs about a
 millisecond where a new interpreter costs fifteen.
 
@@ -11,7 +12,7 @@ Start-up time is most of the cost of a run, so the harness imports only light mo
 arrives as `marshal` data and reports are written by a small JSON encoder (`json` and `traceback`
 pull in `re` and `enum`, about 10 ms each); `traceback` and `signal` load only on error paths.
 
-Protocol. The parent writes one job to our stdin (marshal):
+Protocol. The parent writes (bytecode of this file, job) to stdin (marshal), where the job is
     {"nonce": str, "program": str, "test_seconds": float, "max_output": int,
      "tests": [{"kind": "io", "input": str}
                | {"kind": "call", "fn": str, "args": list, "kwargs": dict}
@@ -341,14 +342,18 @@ def _no_dump():
         pass
 
 
-def main():
+def read_stdin():
+    """Everything on fd 0 (read directly: `sys.stdin` stays untouched for the tests' children)."""
     chunks = []
     while True:
         data = os.read(0, 1 << 20)
         if not data:
-            break
+            return b"".join(chunks)
         chunks.append(data)
-    job = marshal.loads(b"".join(chunks))
+
+
+def main(job):
+    """Runs the job's program on each of its tests and reports on fd 1; see the module docstring."""
     report = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -380,5 +385,5 @@ def main():
     emit({"done": True})
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as a script: the job alone on stdin
+    main(marshal.loads(read_stdin()))

@@ -29,6 +29,10 @@ FIRST_UID = 61000  # sandboxes run as FIRST_UID + slot when we are root; no acco
 MAX_SLOTS = 64  # concurrent runs per machine
 HELPERS = 2  # processes of the chain that count towards RLIMIT_NPROC: bwrap and the harness
 HARNESS = (pathlib.Path(__file__).parent / "_harness.py").read_text()
+# What `python -c` runs: unpack (harness bytecode, job) from stdin and run the harness on the job.
+BOOT = ("import marshal, os\nchunks = []\nwhile True:\n    chunk = os.read(0, 1 << 20)\n    if not chunk:\n"
+        "        break\n    chunks.append(chunk)\ncode, job = marshal.loads(b''.join(chunks))\n"
+        "scope = {'__name__': 'quant_harness'}\nexec(marshal.loads(code), scope)\nscope['main'](job)\n")
 ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
 
 
@@ -39,6 +43,20 @@ class Setup:
     isolated: bool  # False only in the weak mode the caller opted into
     tools: dict  # name -> absolute path; "bwrap_flags": optional bwrap hardening flags
     as_root: bool  # we can switch to the dedicated uids
+    harness: bytes  # the harness compiled by the sandbox's interpreter (`compile_harness`)
+
+
+def compile_harness(python: str) -> bytes:
+    """Bytecode of the harness made by `python` itself, so it matches that interpreter's version.
+
+    Raises:
+        RuntimeError: the interpreter could not compile it (the message has its stderr).
+    """
+    script = "import marshal, sys\nsys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(), '<harness>', 'exec')))"
+    proc = subprocess.run([python, "-I", "-c", script], input=HARNESS.encode(), capture_output=True, env={}, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.decode("utf-8", "replace")[-1000:])
+    return proc.stdout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +158,7 @@ def command(setup: Setup, limits, slot: int, cpu: int | None, info_fd: int | Non
         for name, value in ENV.items():
             cmd += ["--setenv", name, value]
         cmd += ["--info-fd", str(info_fd)]
-    return cmd + [limits.python, "-I", "-c", HARNESS]
+    return cmd + [limits.python, "-I", "-c", BOOT]
 
 
 def _system_mounts(python: str) -> list[str]:
@@ -218,8 +236,8 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
     start = time.monotonic()
     nonce = secrets.token_hex(16)
     # marshal: the harness starts faster without `json`; version 4 reads the same in any Python 3.4+.
-    job = marshal.dumps({"nonce": nonce, "program": program, "tests": payloads,
-                         "test_seconds": float(limits.test_seconds), "max_output": limits.max_output_bytes}, 4)
+    job = marshal.dumps((setup.harness, {"nonce": nonce, "program": program, "tests": payloads,
+                         "test_seconds": float(limits.test_seconds), "max_output": limits.max_output_bytes}), 4)
     info_r, info_w = os.pipe() if setup.isolated else (None, None)
     workdir = None
     if not setup.isolated:  # the weak mode's throwaway working directory, removed below

@@ -145,14 +145,18 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> isolate.Setup
             if taken:
                 raise SandboxUnavailable(f"uid {taken[0]} belongs to an account; sandbox uids "
                                          f"{FIRST_UID}..{FIRST_UID + MAX_SLOTS - 1} must be unused (change FIRST_UID)")
+        try:
+            harness = isolate.compile_harness(limits.python)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            raise SandboxUnavailable(f"limits.python={limits.python!r} cannot compile the harness: {e}") from None
         tools["bwrap"] = bwrap or shutil.which("bwrap", path=_TOOL_DIRS)
         tools["bwrap_flags"] = _bwrap_flags(tools["bwrap"])
-        problem = _probe(isolate.Setup(True, tools, as_root), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
+        problem = _probe(isolate.Setup(True, tools, as_root, harness), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
             f"bubblewrap not found (looked for {bwrap or 'bwrap in ' + _TOOL_DIRS})")
         if not problem:
-            setup = isolate.Setup(True, tools, as_root)
+            setup = isolate.Setup(True, tools, as_root, harness)
         elif allow_weak:
-            setup = isolate.Setup(False, tools, as_root)
+            setup = isolate.Setup(False, tools, as_root, harness)
             problem = _probe(setup, limits)
             if problem:
                 raise SandboxUnavailable(f"even the weak sandbox does not work: {problem}")
