@@ -177,32 +177,36 @@ def _system_mounts(python: str) -> list[str]:
 
 def _user_tasks(uid: int) -> int:
     """Threads currently owned by `uid` (RLIMIT_NPROC counts them all)."""
-    total = 0
-    for status in _proc_statuses():
-        if status.get("Uid", [""])[0] == str(uid):
-            total += int(status.get("Threads", ["1"])[0])
-    return total
+    return sum(threads for _, owner, _, threads in _processes() if owner == uid)
 
 
-def _proc_statuses():
-    """Parsed /proc/<pid>/status of every process, each with its "Pid"; vanished ones skipped."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+_WANTED = (b"State", b"Uid", b"Threads")
+
+
+def _processes():
+    """(pid, real uid, state letter, threads) of every process; vanished ones are skipped."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/status") as f:
-                yield {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+            with open(f"/proc/{name}/status", "rb") as f:
+                text = f.read()
         except OSError:
             continue
+        fields = {}
+        for line in text.split(b"\n"):
+            key = line[:line.find(b":")]
+            if key in _WANTED:
+                fields[key] = line.split()[1]
+        yield int(name), int(fields.get(b"Uid", -1)), fields.get(b"State", b"?").decode(), int(fields.get(b"Threads", 1))
 
 
 def kill_uid(uid: int) -> int:
     """SIGKILLs every process of a dedicated sandbox uid (pidfds, so a reused pid is never hit)."""
     killed = 0
-    for status in _proc_statuses():
-        if status.get("Uid", [""])[0] != str(uid) or status.get("State", ["Z"])[0] == "Z":
+    for pid, owner, state, _ in _processes():
+        if owner != uid or state == "Z":
             continue
-        pid = int(status["Pid"][0])
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:

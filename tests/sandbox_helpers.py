@@ -20,21 +20,43 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 MARKER_DIRS = ("/tmp", os.path.expanduser("~"), os.getcwd(), str(REPO), "/")
 
 
+def _status(pid: int) -> tuple[int, int, str]:
+    """(real uid, parent pid, command line) of a process."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    return int(fields["Uid"].split()[0]), int(fields["PPid"]), cmdline
+
+
+def _sandbox_uid(uid: int) -> bool:
+    return sandbox.FIRST_UID <= uid < sandbox.FIRST_UID + sandbox.MAX_SLOTS
+
+
 def stray_processes() -> list[tuple[int, int, str]]:
-    """(pid, uid, command line) of processes run by a sandbox uid or carrying MARK."""
-    found = []
+    """(pid, uid, command line) of leftover sandbox processes and of processes carrying MARK.
+
+    A sandbox-uid process counts unless its chain of sandbox-uid parents leads to a live process of
+    another program (a sandbox that another test session on this machine is running right now).
+    """
+    table = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if entry.name.isdigit():
+            try:
+                table[int(entry.name)] = _status(int(entry.name))
+            except (OSError, KeyError, ValueError):
+                continue
+    found = []
+    for pid, (uid, ppid, cmdline) in table.items():
+        if MARK in cmdline and pid != os.getpid():
+            found.append((pid, uid, cmdline[:120]))
             continue
-        try:
-            with open(f"/proc/{entry.name}/status") as f:
-                uid = int(next(line for line in f if line.startswith("Uid:")).split()[1])
-            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except (OSError, StopIteration):
+        if not _sandbox_uid(uid):
             continue
-        if sandbox.FIRST_UID <= uid < sandbox.FIRST_UID + sandbox.MAX_SLOTS or MARK in cmdline:
-            found.append((int(entry.name), uid, cmdline[:120]))
+        while ppid in table and _sandbox_uid(table[ppid][0]):
+            ppid = table[ppid][1]
+        if ppid in (0, 1, os.getpid()) or ppid not in table:  # orphaned, or ours while nothing should run
+            found.append((pid, uid, cmdline[:120]))
     return found
 
 
