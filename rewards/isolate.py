@@ -257,21 +257,21 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
         finally:
             if info_w is not None:
                 os.close(info_w)
-        ended, info = False, b""
+        stop, info = "interrupted", b""  # why the run was cut short; "" if it ended by itself
         try:
             # The harness's report: per test at most its output cap (JSON-escaped: up to 6x), plus slack.
             cap = (len(payloads) + 1) * (7 * limits.max_output_bytes + 4096)
-            out, err, info, ended = _communicate(proc, job, info_r, start + limits.wall_seconds, cap)
+            out, err, info, stop = _communicate(proc, job, info_r, start + limits.wall_seconds, cap)
         finally:
-            if ended:  # the pipes closed; bwrap exits right after its init (the harness)
+            if not stop:  # the pipes closed; bwrap exits right after its init (the harness)
                 try:
                     proc.wait(timeout=max(1.0, start + limits.wall_seconds - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    ended = False
-            if not ended:
-                _kill_tree(proc, info)
+                    stop = "wall-clock limit"
+            if stop:
+                _kill_tree(proc, info, setup.isolated)
             proc.wait()
-            if setup.as_root and (not ended or not setup.isolated):
+            if setup.as_root and (stop or not setup.isolated):
                 kill_uid(FIRST_UID + slot)  # the namespace already took everything with it; a backstop
     finally:
         if info_r is not None:
@@ -279,13 +279,9 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     records, done = _parse_report(out, nonce, len(payloads))
-    error, missing = "", "runtime_error"  # what a test without a record gets
-    if not ended and time.monotonic() - start >= limits.wall_seconds:
-        error, missing = "wall-clock limit", "timeout"
-    elif not ended:
-        error, missing = "report too large", "output_limit"
-    elif not done:
-        error = "the harness stopped early: " + err.decode("utf-8", "replace")[-1500:]
+    # A test without a record: the run was cut off before it, or the harness died (killed itself).
+    missing = {"": "runtime_error", "wall-clock limit": "timeout", "report too large": "output_limit"}[stop]
+    error = stop or ("" if done else "the harness stopped early: " + err.decode("utf-8", "replace")[-1500:])
     return RawRun(records, error, missing, time.monotonic() - start)
 
 
@@ -293,7 +289,7 @@ def _communicate(proc, job: bytes, info_r: int | None, deadline: float, cap: int
     """Feeds the job and reads stdout/stderr/info until EOF, the deadline, or `cap` bytes.
 
     Returns:
-        (stdout, stderr tail, bwrap info, ended) where ended is False if it had to stop early.
+        (stdout, stderr tail, bwrap info, why it stopped early: "" if it did not).
     """
     selector = selectors.DefaultSelector()
     stdin = proc.stdin.fileno()
@@ -306,11 +302,14 @@ def _communicate(proc, job: bytes, info_r: int | None, deadline: float, cap: int
         selector.register(fd, selectors.EVENT_READ)
     sizes = dict.fromkeys(chunks, 0)
     reading = set(chunks)
-    view, ended = memoryview(job), True
+    view, stop = memoryview(job), ""
     while reading or view:
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or sizes[proc.stdout.fileno()] > cap:
-            ended = False
+        if remaining <= 0:
+            stop = "wall-clock limit"
+            break
+        if sizes[proc.stdout.fileno()] > cap:
+            stop = "report too large"
             break
         for key, _ in selector.select(remaining):
             if key.fd == stdin:
@@ -339,27 +338,27 @@ def _communicate(proc, job: bytes, info_r: int | None, deadline: float, cap: int
     info = b"".join(chunks[info_r]) if info_r is not None else b""
     proc.stdout.close()
     proc.stderr.close()
-    return out, err, info, ended
+    return out, err, info, stop
 
 
-def _kill_tree(proc, info: bytes) -> None:
+def _kill_tree(proc, info: bytes, isolated: bool) -> None:
     """Kills the sandbox's PID-namespace init (the harness), which takes every process inside with it.
 
     Killing it rather than the bwrap we started lets bwrap reap it and exit normally, so no
-    zombie is orphaned to the machine's init.
+    zombie is orphaned to the machine's init. Without namespaces (weak mode) the harness is our
+    child and leads its process group; what left the group is found by uid afterwards.
     """
-    try:
-        inner = int(json.loads(info)["child-pid"])
-        os.kill(inner, signal.SIGKILL)
-    except (ValueError, KeyError, TypeError, OSError):
-        pass  # no info yet: bwrap was still starting, or the weak mode
-    try:
-        proc.wait(timeout=1.0)
-    except subprocess.TimeoutExpired:
+    if isolated:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # --die-with-parent then takes the namespace down
-        except OSError:
-            pass
+            os.kill(int(json.loads(info)["child-pid"]), signal.SIGKILL)
+            proc.wait(timeout=1.0)
+            return
+        except (ValueError, KeyError, TypeError, OSError, subprocess.TimeoutExpired):
+            pass  # no info yet (bwrap was still starting), or bwrap did not exit
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # with bwrap, --die-with-parent takes the namespace down
+    except OSError:
+        pass
 
 
 def _parse_report(out: bytes, nonce: str, n: int) -> tuple[dict[int, dict], bool]:

@@ -135,6 +135,16 @@ def test_sleeping_program_hits_the_per_test_wall_clock():
     assert result.seconds < LIMITS.wall_seconds + 1.0
 
 
+def test_the_run_wall_clock_keeps_finished_tests():
+    program = "import time\ntime.sleep(1.1)\nprint(input())\n"
+    tests = [{"input": str(i), "output": str(i)} for i in range(5)]
+    start = time.monotonic()
+    result = run(program, tests)  # 1.1 s per test against a 4 s budget for the whole run
+    assert statuses(result) == ["pass", "pass", "pass", "timeout", "timeout"]
+    assert result.error == "wall-clock limit"
+    assert time.monotonic() - start < LIMITS.wall_seconds + 1.0
+
+
 def test_cpu_burn_in_threads():
     # hashlib releases the GIL, so these threads really burn every core they can get.
     program = prog("""
