@@ -154,7 +154,7 @@ def command(setup: Setup, limits, slot: int, cpu: int | None, info_fd: int | Non
                 "--hostname", "sandbox", *setup.tools["bwrap_flags"]]
         cmd += _system_mounts(limits.python)
         cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb * mb), "--tmpfs", "/tmp",
-                "--chdir", "/tmp", "--remount-ro", "/", "--clearenv"]
+                "--chdir", "/tmp", "--remount-ro", "/", "--remount-ro", "/dev", "--clearenv"]
         for name, value in ENV.items():
             cmd += ["--setenv", name, value]
         cmd += ["--info-fd", str(info_fd)]

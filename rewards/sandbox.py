@@ -21,7 +21,8 @@ Layers, and why each is there:
   the harness (when it exits the kernel kills every process inside, double-forked daemons
   included, and signals from inside cannot kill it), no view of the trainer's processes or files.
   The file system is a read-only root holding only /usr (plus the interpreter's prefix if it lives
-  elsewhere), a fresh /proc and /dev, and a size-limited tmpfs /tmp as the working directory,
+  elsewhere), a fresh /proc, a read-only /dev with the usual device nodes (null, zero, urandom,
+  ...), and a size-limited tmpfs /tmp as the working directory (the only writable place),
   which disappears with the namespace, so there is nothing to remove afterwards.
 - A clean environment (nothing inherited from the trainer), `python -I` (no user site, no PYTHON*).
 - rlimits inherited by every process inside; a per-test wall clock in the harness and a per-run wall

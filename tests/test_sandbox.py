@@ -201,10 +201,18 @@ def test_disk_fill():
                 f.write(b"x" * (1 << 20))
         print("filled")
     """)
-    for program in (one_file, many_files):
+    memory_backed = prog("""
+        for path in ("/dev/shm/fill", "/dev/fill"):  # tmpfs there would be host memory
+            with open(path, "wb") as f:
+                for _ in range(64):
+                    f.write(b"x" * (1 << 20))
+        print("filled")
+    """)
+    for program, error in [(one_file, "File too large"), (many_files, "No space left"),
+                           (memory_backed, "Read-only file system")]:
         result = run(program, [{"input": "", "output": "filled"}])
         assert statuses(result) == ["runtime_error"]
-        assert "No space left" in result.tests[0].detail or "File too large" in result.tests[0].detail
+        assert error in result.tests[0].detail
     assert free_before - shutil.disk_usage("/").free < 50 << 20
 
 
