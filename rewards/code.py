@@ -20,8 +20,8 @@ Options (keyword arguments, or keys of a config mapping):
     allow_weak_sandbox  run without namespaces where bubblewrap cannot work (logged as UNSAFE); False
     float_tol           tolerance for floats in outputs and return values; None compares exactly
     limits              `rewards.sandbox.Limits` fields: cpu_seconds, wall_seconds, test_seconds,
-                        memory_mb, max_processes, max_file_mb, max_open_files, max_output_bytes,
-                        tmp_mb, python
+                        memory_mb, total_memory_mb, max_processes, max_file_mb, max_open_files,
+                        max_output_bytes, tmp_mb, python
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 
+from rewards import memcg
+
 FIRST_UID = 61000  # sandboxes run as FIRST_UID + slot when we are root; no account should own these
 MAX_SLOTS = 64  # concurrent runs per machine
 HELPERS = 2  # processes of the chain that count towards RLIMIT_NPROC: bwrap and the harness
@@ -44,6 +46,7 @@ class Setup:
     tools: dict  # name -> absolute path; "bwrap_flags": optional bwrap hardening flags
     as_root: bool  # we can switch to the dedicated uids
     harness: bytes  # the harness compiled by the sandbox's interpreter (`compile_harness`)
+    cgroups: memcg.MemoryCgroups | None = None  # a memory cap for each run as a whole, when available
 
 
 def compile_harness(python: str) -> bytes:
@@ -67,6 +70,7 @@ class RawRun:
     error: str  # a problem with the run as a whole, or ""
     missing: str  # the status of a test without a record
     seconds: float
+    oom_killed: bool = False  # the kernel killed a process of the run for its memory cgroup limit
 
 
 class Slots:
@@ -249,9 +253,14 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
         if setup.as_root:
             os.chown(workdir, FIRST_UID + slot, FIRST_UID + slot)
     env = {} if setup.isolated else {**ENV, "HOME": workdir, "TMPDIR": workdir}
+    cmd = command(setup, limits, slot, cpu, info_w)
+    if setup.cgroups:  # join the slot's memory cgroup first; everything the chain starts stays in it
+        procs = setup.cgroups.prepare(slot, limits.total_memory_mb << 20)
+        ooms_before = setup.cgroups.oom_kills(slot)
+        cmd = [setup.tools["sh"], "-c", 'echo $$ > "$0" && exec "$@"', procs] + cmd
     try:
         try:
-            proc = subprocess.Popen(command(setup, limits, slot, cpu, info_w), stdin=subprocess.PIPE,
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=workdir or "/",
                                     start_new_session=True, pass_fds=(info_w,) if info_w is not None else ())
         finally:
@@ -282,7 +291,10 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
     # A test without a record: the run was cut off before it, or the harness died (killed itself).
     missing = {"": "runtime_error", "wall-clock limit": "timeout", "report too large": "output_limit"}[stop]
     error = stop or ("" if done else "the harness stopped early: " + err.decode("utf-8", "replace")[-1500:])
-    return RawRun(records, error, missing, time.monotonic() - start)
+    oom_killed = bool(setup.cgroups) and setup.cgroups.oom_kills(slot) > ooms_before
+    if oom_killed and missing == "runtime_error":
+        missing = "memory"
+    return RawRun(records, error, missing, time.monotonic() - start, oom_killed)
 
 
 def _communicate(proc, job: bytes, info_r: int | None, deadline: float, cap: int):

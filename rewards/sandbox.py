@@ -7,6 +7,7 @@ what the program printed or returned, never from a verdict of the sandboxed side
 Each run is one command chain (`rewards.isolate`), started without `preexec_fn` (unsafe in a
 multi-threaded JAX process), in its own session:
 
+    sh -c 'echo $$ > cgroup.procs; exec ...'         when we are root: the slot's memory cgroup
     prlimit (CPU s, address space, processes, file size, open files, no core dumps)
       setpriv --reuid=UID --regid=UID --clear-groups   when we are root: a dedicated uid per slot
         taskset --cpu-list N                           Pool slots pinned to distinct CPUs
@@ -27,6 +28,8 @@ Layers, and why each is there:
 - A clean environment (nothing inherited from the trainer), `python -I` (no user site, no PYTHON*).
 - rlimits inherited by every process inside; a per-test wall clock in the harness and a per-run wall
   clock here, after which the namespace's init is killed; a cap on captured output.
+- A memory cgroup per slot (`rewards.memcg`, root only) capping the run as a whole: rlimits are
+  per process and do not see tmpfs, shared memory or memfds. Without one a warning says so.
 Where bubblewrap or user namespaces are missing, `run` and `Pool` refuse with the fix, unless
 `allow_weak=True`: then the same chain runs without bwrap (rlimits, uid and a throwaway working
 directory, removed afterwards) and every use is logged as a warning.
@@ -44,7 +47,7 @@ import subprocess
 import threading
 from typing import Sequence
 
-from rewards import isolate, judge
+from rewards import isolate, judge, memcg
 from rewards.isolate import FIRST_UID, MAX_SLOTS
 from rewards.judge import TestResult
 
@@ -73,7 +76,8 @@ class Limits:
     cpu_seconds: int = 4  # RLIMIT_CPU; each test runs in a fresh process, so this is per test
     wall_seconds: float = 20.0  # the whole run, all tests; then the process tree is killed
     test_seconds: float = 4.0  # wall clock per test, enforced inside the sandbox
-    memory_mb: int = 512  # RLIMIT_AS (virtual address space)
+    memory_mb: int = 512  # RLIMIT_AS (virtual address space) of each process
+    total_memory_mb: int = 2048  # all of a run together, tmpfs and shared memory included (memory cgroup)
     max_processes: int = 32  # RLIMIT_NPROC for the program's processes and threads
     max_file_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write
     max_open_files: int = 64  # RLIMIT_NOFILE
@@ -83,7 +87,7 @@ class Limits:
 
     def validate(self) -> None:
         """Raises ValueError naming the first limit that is out of range."""
-        for name in ("cpu_seconds", "wall_seconds", "test_seconds", "memory_mb", "max_processes",
+        for name in ("cpu_seconds", "wall_seconds", "test_seconds", "memory_mb", "total_memory_mb", "max_processes",
                      "max_file_mb", "max_open_files", "max_output_bytes", "tmp_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"limits.{name} must be positive, got {getattr(self, name)!r}")
@@ -133,8 +137,8 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> isolate.Setup
         if key in _SETUPS:
             return _SETUPS[key]
         as_root = os.geteuid() == 0
-        tools = {name: shutil.which(name, path=_TOOL_DIRS) for name in ("prlimit", "setpriv", "taskset")}
-        needed = ["prlimit", "taskset"] + (["setpriv"] if as_root else [])
+        tools = {name: shutil.which(name, path=_TOOL_DIRS) for name in ("prlimit", "setpriv", "taskset", "sh")}
+        needed = ["prlimit", "taskset", "sh"] + (["setpriv"] if as_root else [])
         missing = [name for name in needed if not tools[name]]
         if missing:  # rlimits and uid switching are required even in the weak mode
             raise SandboxUnavailable(f"{', '.join(missing)} not found: install util-linux (`apt-get install -y util-linux`).")
@@ -150,14 +154,18 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> isolate.Setup
             harness = isolate.compile_harness(limits.python)
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             raise SandboxUnavailable(f"limits.python={limits.python!r} cannot compile the harness: {e}") from None
+        cgroups = memcg.find()
+        if cgroups is None:
+            log.warning("sandbox: no writable memory cgroup (needs root and cgroup v1, or v2 at the namespace "
+                        "root); each process is capped at limits.memory_mb, but a run as a whole is not.")
         tools["bwrap"] = bwrap or shutil.which("bwrap", path=_TOOL_DIRS)
         tools["bwrap_flags"] = _bwrap_flags(tools["bwrap"])
-        problem = _probe(isolate.Setup(True, tools, as_root, harness), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
+        problem = _probe(isolate.Setup(True, tools, as_root, harness, cgroups), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
             f"bubblewrap not found (looked for {bwrap or 'bwrap in ' + _TOOL_DIRS})")
         if not problem:
-            setup = isolate.Setup(True, tools, as_root, harness)
+            setup = isolate.Setup(True, tools, as_root, harness, cgroups)
         elif allow_weak:
-            setup = isolate.Setup(False, tools, as_root, harness)
+            setup = isolate.Setup(False, tools, as_root, harness, cgroups)
             problem = _probe(setup, limits)
             if problem:
                 raise SandboxUnavailable(f"even the weak sandbox does not work: {problem}")
@@ -208,6 +216,9 @@ def _execute(program: str, cases: list[judge.Case], limits: Limits, setup: isola
     raw = isolate.execute(program, [c.payload for c in cases], limits, setup, slot, cpu)
     tests = [judge.grade(case, raw.records[i], float_tol) if i in raw.records
              else TestResult(raw.missing, detail=raw.error) for i, case in enumerate(cases)]
+    if raw.oom_killed:  # a SIGKILL then came from the memory cgroup
+        tests = [dataclasses.replace(t, status="memory", detail="out of memory (the run's total) " + t.detail)
+                 if t.status == "runtime_error" and "SIGKILL" in t.detail else t for t in tests]
     return Result(tuple(tests), raw.seconds, raw.error)
 
 

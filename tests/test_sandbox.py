@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from rewards import sandbox
+from rewards import memcg, sandbox
 from tests.sandbox_helpers import LIMITS, MARK, REPO, marker_files, stray_processes, wait_until_clean
 
 ADD_IO = [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"}]
@@ -185,6 +185,32 @@ def test_memory_bomb():
     assert statuses(at_once) == ["memory"]
     growing = run("chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 20))\n", ADD_IO[:1])
     assert statuses(growing) == ["memory"]
+
+
+def test_memory_of_a_whole_run_is_capped(caplog):
+    # Five processes of 200 MB each: every one is within memory_mb (256), together they are not
+    # within total_memory_mb (512), which the slot's memory cgroup enforces.
+    program = prog("""
+        import os, time
+        kids = []
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:
+                block = b"x" * (200 << 20)
+                time.sleep(0.6)
+                os._exit(0)
+            kids.append(pid)
+        codes = [os.waitpid(pid, 0)[1] for pid in kids]
+        print("ok" if codes == [0] * 5 else "killed")
+    """)
+    if memcg.find() is None:  # no writable cgroups here: the documented fallback, said out loud
+        sandbox._SETUPS.clear()
+        with caplog.at_level(logging.WARNING, logger="rewards.sandbox"):
+            run("print(1)\n", [{"input": "", "output": "1"}])
+        assert "no writable memory cgroup" in caplog.text
+        return
+    result = run(program, [{"input": "", "output": "ok"}])
+    assert statuses(result) == ["fail"] and result.tests[0].output == "killed\n"
 
 
 def test_disk_fill():
