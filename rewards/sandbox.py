@@ -207,7 +207,7 @@ def _probe(setup: isolate.Setup, limits: Limits) -> str:
                           probe_limits, setup, slot, cpu=None, float_tol=None)
     if result.all_passed:
         return ""
-    return (result.error or result.tests[0].detail or result.tests[0].status)[-1500:]
+    return (result.error or result.tests[0].detail or result.tests[0].status).strip()[-1500:]
 
 
 def _execute(program: str, cases: list[judge.Case], limits: Limits, setup: isolate.Setup, slot: int,

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import textwrap
 import time
 
@@ -473,6 +474,21 @@ def test_refuses_without_bubblewrap():
         sandbox.run(ADD_PROGRAM, ADD_IO, LIMITS, bwrap="/nonexistent/bwrap")
     with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap"):
         sandbox.Pool(1, LIMITS, bwrap="/nonexistent/bwrap")
+
+
+def test_refuses_without_user_namespaces():
+    # A stand-in for bwrap on a kernel without unprivileged user namespaces: it fails the same way.
+    directory = tempfile.mkdtemp(prefix=f"{MARK}-")
+    try:
+        fake = os.path.join(directory, "bwrap")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+        os.chmod(fake, 0o755)
+        os.chmod(directory, 0o755)  # the sandbox uid must be able to run it
+        with pytest.raises(sandbox.SandboxUnavailable, match="No permissions to creating new namespace.*sysctl"):
+            sandbox.run(ADD_PROGRAM, ADD_IO, LIMITS, bwrap=fake)
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_weak_mode_is_opt_in_and_loud(caplog):
