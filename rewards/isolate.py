@@ -55,7 +55,8 @@ def compile_harness(python: str) -> bytes:
     Raises:
         RuntimeError: the interpreter could not compile it (the message has its stderr).
     """
-    script = "import marshal, sys\nsys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(), '<harness>', 'exec')))"
+    script = ("import marshal, sys\n"
+              "sys.stdout.buffer.write(marshal.dumps(compile(sys.stdin.read(), '<harness>', 'exec')))")
     proc = subprocess.run([python, "-I", "-c", script], input=HARNESS.encode(), capture_output=True, env={}, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.decode("utf-8", "replace")[-1000:])
@@ -125,7 +126,9 @@ SLOTS = Slots()
 
 def _lock_uid(uid: int) -> int | None:
     """An flock-ed descriptor proving this process owns `uid` now, or None if another process does."""
-    directory = "/run/quant-sandbox" if os.access("/run", os.W_OK) else os.path.join(tempfile.gettempdir(), "quant-sandbox-locks")
+    directory = "/run/quant-sandbox"
+    if not os.access("/run", os.W_OK):
+        directory = os.path.join(tempfile.gettempdir(), "quant-sandbox-locks")
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(directory, f"{uid}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -202,7 +205,8 @@ def _processes():
             key = line[:line.find(b":")]
             if key in _WANTED:
                 fields[key] = line.split()[1]
-        yield int(name), int(fields.get(b"Uid", -1)), fields.get(b"State", b"?").decode(), int(fields.get(b"Threads", 1))
+        state = fields.get(b"State", b"?").decode()
+        yield int(name), int(fields.get(b"Uid", -1)), state, int(fields.get(b"Threads", 1))
 
 
 def kill_uid(uid: int) -> int:

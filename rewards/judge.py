@@ -96,7 +96,8 @@ def parse_tests(tests: Sequence[dict]) -> list[Case]:
             payload = {"kind": "io", "input": _field(test, i, "input", str)}
             cases.append(Case("io", payload, _field(test, i, "output", str)))
         else:
-            raise ValueError(f"tests[{i}] needs 'input'/'output', 'fn_name'/'args'/'expected' or 'assert'; got keys {sorted(test)}")
+            raise ValueError(f"tests[{i}] needs 'input'/'output', 'fn_name'/'args'/'expected' or 'assert'; "
+                             f"got keys {sorted(test)}")
     return cases
 
 
@@ -222,8 +223,9 @@ def same_output(got: str, want: str, float_tol: float | None = None) -> bool:
     """Whitespace-normalised line comparison of program output.
 
     Blank lines are ignored and each other line is compared as its list of whitespace-separated
-    tokens, so trailing spaces, "\r\n" and a missing final newline do not matter. With `float_tol`, two tokens that both parse as numbers are equal
-    within that relative and absolute tolerance.
+    tokens, so trailing spaces, CRLF line ends and a missing final newline do not matter. With
+    `float_tol`, two tokens that both parse as numbers are equal within that relative and absolute
+    tolerance.
     """
     got_lines = [tokens for tokens in map(str.split, got.splitlines()) if tokens]
     want_lines = [tokens for tokens in map(str.split, want.splitlines()) if tokens]

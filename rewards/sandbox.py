@@ -92,7 +92,8 @@ class Limits:
             if not getattr(self, name) > 0:
                 raise ValueError(f"limits.{name} must be positive, got {getattr(self, name)!r}")
         if self.max_open_files < 16:
-            raise ValueError(f"limits.max_open_files must be at least 16 (the harness needs ~12), got {self.max_open_files}")
+            raise ValueError(f"limits.max_open_files must be at least 16 (the harness needs ~12), "
+                             f"got {self.max_open_files}")
         if not os.path.isabs(self.python):
             raise ValueError(f"limits.python must be an absolute path, got {self.python!r}")
 
@@ -141,10 +142,12 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> isolate.Setup
         needed = ["prlimit", "taskset", "sh"] + (["setpriv"] if as_root else [])
         missing = [name for name in needed if not tools[name]]
         if missing:  # rlimits and uid switching are required even in the weak mode
-            raise SandboxUnavailable(f"{', '.join(missing)} not found: install util-linux (`apt-get install -y util-linux`).")
+            raise SandboxUnavailable(f"{', '.join(missing)} not found in {_TOOL_DIRS}: prlimit, setpriv and taskset "
+                                     "come with util-linux (`apt-get install -y util-linux`).")
         if not os.access(limits.python, os.X_OK):
             raise SandboxUnavailable(f"limits.python={limits.python!r} is not an executable interpreter: "
-                                     "install Debian's python3 (`apt-get install -y python3`) or point limits.python at one.")
+                                     "install Debian's python3 (`apt-get install -y python3`) or point "
+                                     "limits.python at one.")
         if as_root:  # leftovers are killed by uid, so no real account may own one of ours
             taken = [uid for uid in range(FIRST_UID, FIRST_UID + MAX_SLOTS) if _has_account(uid)]
             if taken:
@@ -160,8 +163,10 @@ def _setup(limits: Limits, allow_weak: bool, bwrap: str | None) -> isolate.Setup
                         "root); each process is capped at limits.memory_mb, but a run as a whole is not.")
         tools["bwrap"] = bwrap or shutil.which("bwrap", path=_TOOL_DIRS)
         tools["bwrap_flags"] = _bwrap_flags(tools["bwrap"])
-        problem = _probe(isolate.Setup(True, tools, as_root, harness, cgroups), limits) if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK) else (
-            f"bubblewrap not found (looked for {bwrap or 'bwrap in ' + _TOOL_DIRS})")
+        if tools["bwrap"] and os.access(tools["bwrap"], os.X_OK):
+            problem = _probe(isolate.Setup(True, tools, as_root, harness, cgroups), limits)
+        else:
+            problem = f"bubblewrap not found (looked for {bwrap or 'bwrap in ' + _TOOL_DIRS})"
         if not problem:
             setup = isolate.Setup(True, tools, as_root, harness, cgroups)
         elif allow_weak:

@@ -10,8 +10,8 @@ import uuid
 from rewards import sandbox
 
 # Tight limits keep every attack short: a timeout costs at most TEST_SECONDS.
-LIMITS = sandbox.Limits(cpu_seconds=1, wall_seconds=4.0, test_seconds=1.5, memory_mb=256, total_memory_mb=512, max_processes=16,
-                        max_file_mb=4, max_open_files=32, max_output_bytes=1 << 16, tmp_mb=16)
+LIMITS = sandbox.Limits(cpu_seconds=1, wall_seconds=4.0, test_seconds=1.5, memory_mb=256, total_memory_mb=512,
+                        max_processes=16, max_file_mb=4, max_open_files=32, max_output_bytes=1 << 16, tmp_mb=16)
 
 # Attack programs put MARK into the names of files they try to create outside the sandbox and into the
 # command lines of processes that try to outlive it, so leftovers are easy to find (and are ours).

@@ -60,9 +60,9 @@ def test_split_asserts_keeps_expected_literals_here():
         "x = 2\nassert f(x) == [1, 2]\nassert (3, 4) != g()\nassert f(1) == f(2)\nassert f(0)\n"
         "def check(h):\n    assert h(1) == 99\n")
     assert checks == [("eq", [1, 2]), ("ne", [3, 4]), ("eq2",), ("truthy",)]
-    assert [line for line in code.splitlines() if line] == ["x = 2", "__quant_check__(0, f(x))", "__quant_check__(1, g())",
-                                 "__quant_check__(2, f(1), f(2))", "__quant_check__(3, f(0))",
-                                 "def check(h):", "    assert h(1) == 99"]
+    assert [line for line in code.splitlines() if line] == [
+        "x = 2", "__quant_check__(0, f(x))", "__quant_check__(1, g())", "__quant_check__(2, f(1), f(2))",
+        "__quant_check__(3, f(0))", "def check(h):", "    assert h(1) == 99"]
     assert "[1, 2]" not in code
 
 

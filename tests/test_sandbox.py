@@ -137,13 +137,14 @@ def test_sleeping_program_hits_the_per_test_wall_clock():
 
 
 def test_the_run_wall_clock_keeps_finished_tests():
-    program = "import time\ntime.sleep(1.1)\nprint(input())\n"
+    program = "import time\ntime.sleep(1.5)\nprint(input())\n"
     tests = [{"input": str(i), "output": str(i)} for i in range(5)]
+    limits = dataclasses.replace(LIMITS, test_seconds=2.5, wall_seconds=6.0)  # room for 3 tests, not 4
     start = time.monotonic()
-    result = run(program, tests)  # 1.1 s per test against a 4 s budget for the whole run
+    result = sandbox.run(program, tests, limits)
     assert statuses(result) == ["pass", "pass", "pass", "timeout", "timeout"]
     assert result.error == "wall-clock limit"
-    assert time.monotonic() - start < LIMITS.wall_seconds + 1.0
+    assert time.monotonic() - start < limits.wall_seconds + 1.0
 
 
 def test_cpu_burn_in_threads():
@@ -162,8 +163,7 @@ def test_cpu_burn_in_threads():
     limits = dataclasses.replace(LIMITS, test_seconds=6.0, wall_seconds=8.0)
     result = sandbox.run(program, ADD_IO[:1], limits)
     assert statuses(result) == ["timeout"]
-    assert "SIGXCPU" in result.tests[0].detail
-    assert result.tests[0].seconds < 3.0
+    assert "SIGXCPU" in result.tests[0].detail  # the CPU limit, not the 6 s wall clock
 
 
 def test_fork_bomb_is_contained():
@@ -244,12 +244,11 @@ def test_disk_fill():
 
 
 def test_gigabytes_of_output():
-    start = time.monotonic()
     for stream in ("stdout", "stderr"):
         result = run(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 65536)\n", ADD_IO[:1])
         assert statuses(result) == ["output_limit"]
         assert len(result.tests[0].output) <= 1000
-    assert time.monotonic() - start < 2.0  # cut off at the cap, not at the timeout
+        assert result.tests[0].seconds < 1.0  # cut off at the cap, not at the 1.5 s timeout
 
 
 def test_reading_stdin_forever():
@@ -462,7 +461,8 @@ def test_pool_runs_concurrently_and_keeps_order(pool):
 
 def test_pool_isolates_failures(pool):
     bombs = ["import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\n",
-             "import threading\ndef b():\n    while True: pass\n[threading.Thread(target=b).start() for _ in range(4)]\nb()\n",
+             "import threading\ndef b():\n    while True: pass\n"
+             "[threading.Thread(target=b).start() for _ in range(4)]\nb()\n",
              "x = [bytearray(1 << 20) for _ in range(10 ** 4)]\n"]
     programs = [p for bomb in bombs for p in (bomb, ADD_PROGRAM)]
     results = pool.map(programs, [ADD_IO] * len(programs))
