@@ -258,9 +258,10 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
             os.chown(workdir, FIRST_UID + slot, FIRST_UID + slot)
     env = {} if setup.isolated else {**ENV, "HOME": workdir, "TMPDIR": workdir}
     cmd = command(setup, limits, slot, cpu, info_w)
-    if setup.cgroups:  # join the slot's memory cgroup first; everything the chain starts stays in it
-        procs = setup.cgroups.prepare(slot, limits.total_memory_mb << 20)
-        ooms_before = setup.cgroups.oom_kills(slot)
+    cgroups = setup.cgroups if limits.total_memory_mb else None
+    if cgroups:  # join the slot's memory cgroup first; everything the chain starts stays in it
+        procs = cgroups.prepare(slot, limits.total_memory_mb << 20)
+        ooms_before = cgroups.oom_kills(slot)
         cmd = [setup.tools["sh"], "-c", 'echo $$ > "$0" && exec "$@"', procs] + cmd
     try:
         try:
@@ -295,7 +296,7 @@ def execute(program: str, payloads: list[dict], limits, setup: Setup, slot: int,
     # A test without a record: the run was cut off before it, or the harness died (killed itself).
     missing = {"": "runtime_error", "wall-clock limit": "timeout", "report too large": "output_limit"}[stop]
     error = stop or ("" if done else "the harness stopped early: " + err.decode("utf-8", "replace")[-1500:])
-    oom_killed = bool(setup.cgroups) and setup.cgroups.oom_kills(slot) > ooms_before
+    oom_killed = bool(cgroups) and cgroups.oom_kills(slot) > ooms_before
     if oom_killed and missing == "runtime_error":
         missing = "memory"
     return RawRun(records, error, missing, time.monotonic() - start, oom_killed)
