@@ -30,7 +30,7 @@ import dataclasses
 import re
 from typing import Any, Mapping, Sequence
 
-from rewards import sandbox
+from rewards import judge, sandbox
 
 MODES = ("fraction", "all")
 OPTIONS = ("mode", "workers", "allow_weak_sandbox", "float_tol", "limits")
@@ -78,6 +78,7 @@ class CodeReward:
         self.mode = mode
         self.limits = _limits(limits)
         self.pool = sandbox.Pool(workers, self.limits, float_tol=float_tol, allow_weak=allow_weak_sandbox)
+        self._last: list[sandbox.Result | None] = []
 
     def score(self, completions: Sequence[str], samples: Sequence[Mapping]) -> list[sandbox.Result | None]:
         """Sandbox results per completion; None where the completion has no code block.
@@ -98,11 +99,20 @@ class CodeReward:
         for completion, sample in zip(completions, samples):
             program = extract_program(completion)
             futures.append(None if program is None else self.pool.submit(program, sample["tests"]))
-        return [None if f is None else f.result() for f in futures]
+        self._last = [None if f is None else f.result() for f in futures]
+        return self._last
 
     def __call__(self, completions: Sequence[str], samples: Sequence[Mapping]) -> list[float]:
         """Rewards in [0, 1]: the fraction of tests passed, or 1/0 for all-or-nothing."""
         return [0.0 if r is None else r.reward(self.mode) for r in self.score(completions, samples)]
+
+    def metrics(self) -> dict[str, float]:
+        """The last batch at a glance: completions without code, and each test status's share."""
+        results = [r for r in self._last if r is not None]
+        tests = [t.status for r in results for t in r.tests]
+        out = {"no_program": (len(self._last) - len(results)) / max(len(self._last), 1)}
+        out.update({status: tests.count(status) / max(len(tests), 1) for status in judge.STATUSES})
+        return out
 
     def close(self) -> None:
         self.pool.close()

@@ -93,6 +93,16 @@ def _length(*, target_tokens: int, max_tokens: int, tokens_key: str = "num_token
                  tokens_key=tokens_key)
 
 
+@register("code")
+def _code(*, mode: str = "fraction", workers: int = 2, allow_weak_sandbox: bool = False,
+          float_tol: float | None = None, limits: Mapping[str, Any] | None = None):
+    """The last Python block run against sample["tests"] in the sandbox, see `rewards.code`."""
+    from rewards.code import CodeReward
+
+    return CodeReward(mode=mode, workers=workers, allow_weak_sandbox=allow_weak_sandbox,
+                      float_tol=float_tol, limits=limits)
+
+
 @dataclasses.dataclass(frozen=True)
 class Component:
     name: str

@@ -114,3 +114,20 @@ def test_works_inside_a_multithreaded_jax_process(reward):
         batches = list(threads.map(lambda _: reward([right] * 4, [{"tests": SUM_TESTS}] * 4), range(3)))
     assert batches == [[1.0] * 4] * 3
     assert float(total) == sum(i * i for i in range(64))
+
+
+def test_registered_in_compose_with_its_metrics():
+    from rewards import compose
+
+    limits = {f.name: getattr(LIMITS, f.name) for f in dataclasses.fields(LIMITS)}
+    composed = compose.build({"code": {"weight": 0.5, "mode": "all", "workers": 1, "limits": limits}})
+    try:
+        completions = [completion("a, b = map(int, input().split())\nprint(a + b)\n"), "no code"]
+        total, parts = composed(completions, [{"tests": SUM_TESTS}] * 2)
+        assert total.tolist() == [0.5, 0.0] and parts["reward/code"].tolist() == [1.0, 0.0]
+        metrics = composed.metrics()
+        assert metrics["reward/code/no_program"] == 0.5 and metrics["reward/code/pass"] == 1.0
+    finally:
+        composed.components[0].fn.close()
+    with pytest.raises(ValueError, match=r"rewards.code: unknown option\(s\) \['timeout'\]"):
+        compose.build({"code": {"weight": 1.0, "timeout": 3}})
