@@ -26,9 +26,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# The default of a bare `quant train`. Until the embedded tiny reasoning model lands, this is the smoke
-# variant of the GSM8K recipe (the real code path on the random `tiny` preset).
-DEFAULT_CONFIG = "configs/gsm8k_qwen_math.py:smoke"
+# The default of a bare `quant train`: the embedded tiny reasoning model, minutes on a laptop CPU.
+DEFAULT_CONFIG = "configs/tiny_arith.py"
 
 
 def _config_from_args(args: argparse.Namespace, overrides: list[str]):

@@ -204,7 +204,8 @@ def training_rows(cfg: ml_collections.ConfigDict):
         from grpo.data import arith
         return arith.train_rows(cfg.data.num_rows, seed=cfg.seed)
     from grpo import data as data_lib
-    return data_lib.load(cfg.data.dataset, cfg.data.split)
+    registered = cfg.data.dataset in data_lib.DATASETS  # a JSONL file is a single split
+    return data_lib.load(cfg.data.dataset, cfg.data.split if registered else None)
 
 
 class Evaluator:
@@ -220,7 +221,7 @@ class Evaluator:
                 self.sets[name] = arith.held_out(self.cfg.per_difficulty, seed=cfg.seed)
             else:
                 from grpo import data as data_lib
-                rows = data_lib.load(name, self.cfg.split)
+                rows = data_lib.load(name, self.cfg.split if name in data_lib.DATASETS else None)
                 n = self.cfg.num_problems or len(rows)
                 self.sets[name] = [rows[i] for i in range(min(n, len(rows)))]
 

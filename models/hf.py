@@ -263,6 +263,8 @@ def save(model: Transformer, path: str | os.PathLike, tokenizer=None, *, max_sha
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).exists():
                 shutil.copy(Path(tokenizer_dir) / name, tmp / name)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o644)
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)

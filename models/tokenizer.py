@@ -192,8 +192,17 @@ def train_char_tokenizer(corpus: Sequence[str], specials: Sequence[str] = ("<pad
     tok = _HFTokenizer(models.WordLevel(unk_token=specials[2]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    # The trainer gives the specials the first ids; their spelling is taken out of the corpus so that it
+    # does not count as characters, and they are added afterwards so that encoding keeps them whole.
+    # (Adding them before training would give them other ids once the tokenizer is saved and reloaded.)
+    def plain(text: str) -> str:
+        for sp in specials:
+            text = text.replace(sp, "")
+        return text
+
+    tok.train_from_iterator((plain(t) for t in corpus),
+                            trainers.WordLevelTrainer(special_tokens=list(specials), show_progress=False))
     tok.add_special_tokens(list(specials))
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=list(specials), show_progress=False))
     config = {"pad_token": specials[0], "eos_token": specials[1], "unk_token": specials[2],
               "tokenizer_class": "PreTrainedTokenizerFast"}
     return Tokenizer(tok, config)
