@@ -125,6 +125,7 @@ def collect(sampler: Sampler, prompts_fn: Callable[[int], list[dict]], encode: C
     kept: list[Completions] = []
     kept_samples: list[dict] = []
     kept_rewards, kept_parts = [], []
+    drawn_rewards, drawn_parts, drawn_lengths, drawn_think = [], [], [], []  # everything sampled, for logging
     sample_s = reward_s = 0.0
     rounds = drawn_groups = zero_std_groups = 0
     n_kept = 0
@@ -139,6 +140,10 @@ def collect(sampler: Sampler, prompts_fn: Callable[[int], list[dict]], encode: C
         samples = [dict(r, num_tokens=int(n)) for r, n in zip(per_row, comp.lengths)]
         total, parts = reward_fn(comp.texts, samples)
         reward_s += time.perf_counter() - ts
+        drawn_rewards.append(total)
+        drawn_parts.append(parts)
+        drawn_lengths.append(comp.lengths)
+        drawn_think.append(comp.think_lengths)
         spread = total.reshape(num_prompts, group_size).std(axis=1) > 0
         zero_std_groups += int((~spread).sum())
         drawn_groups += num_prompts
@@ -174,22 +179,28 @@ def collect(sampler: Sampler, prompts_fn: Callable[[int], list[dict]], encode: C
     adv = np.asarray(loss_lib.compute_advantages(total, group_size, lcfg, valid_n=valid))
     batch = build_batch(comp, adv, valid, mask_truncated)
 
-    v = valid
+    # Logged over every completion drawn this step (dynamic sampling keeps only the informative groups,
+    # whose mean reward is ~0.5 by construction); frac_valid / frac_zero_std_groups describe the filter.
+    all_total = np.concatenate(drawn_rewards)
+    all_parts = {k: np.concatenate([p[k] for p in drawn_parts]) for k in drawn_parts[0]}
     stats = {
-        "reward/mean": float(total[v].mean()) if v.any() else 0.0,
-        "reward/std": float(total[v].std()) if v.any() else 0.0,
-        **{k: float(p[v].mean()) if v.any() else 0.0 for k, p in parts.items()},
+        "reward/mean": float(all_total.mean()),
+        "reward/std": float(all_total.std()),
+        **{k: float(p.mean()) for k, p in all_parts.items()},
         **reward_fn.metrics(),
-        "completion_len/mean": float(comp.lengths[v].mean()) if v.any() else 0.0,
-        "think_len/mean": float(comp.think_lengths[v].mean()) if v.any() else 0.0,
-        "frac_truncated": float(np.mean([r == "length" for r, ok in zip(comp.finish_reason, v) if ok]))
-        if v.any() else 0.0,
+        "completion_len/mean": float(np.concatenate(drawn_lengths).mean()),
+        "think_len/mean": float(np.concatenate(drawn_think).mean()),
+        "think_rate": float((np.concatenate(drawn_think) > 0).mean()),
+        "frac_truncated": float(np.mean([r == "length" for r, ok in zip(comp.finish_reason, valid) if ok]))
+        if valid.any() else 0.0,
         "frac_zero_std_groups": zero_std_groups / max(drawn_groups, 1),
         "sampling_rounds": rounds,
-        "frac_valid": float(v.mean()),
+        "frac_valid": float(valid.mean()),
         "time/sample_s": sample_s,
         "time/reward_s": reward_s,
-        "tokens_per_s/sample": float(comp.lengths.sum()) / max(sample_s, 1e-9),
+        "tokens_per_s/sample": float(np.concatenate(drawn_lengths).sum()) / max(sample_s, 1e-9),
         "time/rollout_s": time.perf_counter() - t0,
     }
+    if "reward/math" in all_parts:  # correct answers (the math reward is > 0 exactly then)
+        stats["accuracy"] = float((all_parts["reward/math"] > 0).mean())
     return Rollout(batch=batch, texts=comp.texts, samples=kept_samples, rewards=total, parts=parts, stats=stats)

@@ -286,9 +286,6 @@ def step_metrics(rollout, per_update: list[dict], lr: float, t0: float, t1: floa
     metrics = {**rollout.stats, **m, "lr": float(lr), "time/train_s": train_s,
                "time/step_s": time.perf_counter() - t0,
                "tokens_per_s/train": float(np.asarray(rollout.batch.kv_mask).sum()) * updates / train_s}
-    if "reward/math" in rollout.parts:  # correct answers (the math reward is > 0 exactly then)
-        v = np.asarray(rollout.batch.valid)
-        metrics["accuracy"] = float((rollout.parts["reward/math"][v] > 0).mean()) if v.any() else 0.0
     return metrics
 
 
