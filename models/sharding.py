@@ -123,11 +123,11 @@ def shard_params(state: Any, mesh: Mesh) -> Any:
     return jax.device_put(state, param_shardings(state, mesh))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Shards the leading (batch) dimension over ('data', 'fsdp'); the rest is replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+    """Shards the leading (batch) dimension over ('data', 'fsdp') (replicated if they do not divide it)."""
+    return named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
 
 
 def shard_batch(mesh: Mesh, tree: Any) -> Any:
     """Places host arrays on the mesh, leading dimension over ('data', 'fsdp')."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), tree)
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.shape(x))), tree)
