@@ -96,3 +96,18 @@ def test_prompt_templates(tok_dir):
 def test_missing_tokenizer_file(tmp_path):
     with pytest.raises(TokenizerError, match="missing file: .*tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
+
+
+def test_trained_char_tokenizer_keeps_its_ids_after_save_and_reload(tmp_path):
+    from models.tokenizer import train_char_tokenizer
+
+    corpus = ["00057+00068=<think>780=15561=12</think>125", "00003+00004=<think></think>7"] * 10
+    tok = train_char_tokenizer(corpus)
+    tok.save(tmp_path / "t")
+    again = Tokenizer.from_dir(tmp_path / "t")
+    assert again.tok.get_vocab() == tok.tok.get_vocab()
+    assert [tok.think_open_id, tok.think_close_id, tok.pad_id, tok.eos_ids] == [3, 4, 0, [1]]
+    assert again.encode(corpus[0]) == tok.encode(corpus[0])
+    assert again.encode("<think></think>") == [3, 4]  # the tags are single tokens, never characters
+    assert "<" not in again.tok.get_vocab()  # the tags' spelling did not leak into the character set
+    assert again.decode(again.encode(corpus[0])) == corpus[0]
