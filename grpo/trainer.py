@@ -203,9 +203,13 @@ def training_rows(cfg: ml_collections.ConfigDict):
     if cfg.data.dataset == "arith":
         from grpo.data import arith
         return arith.train_rows(cfg.data.num_rows, seed=cfg.seed)
+    return load_problems(cfg.data.dataset, cfg.data.split)
+
+
+def load_problems(name: str, split: str):
+    """A registered data set's split, or a JSONL file (which is a single split: `split` is ignored)."""
     from grpo import data as data_lib
-    registered = cfg.data.dataset in data_lib.DATASETS  # a JSONL file is a single split
-    return data_lib.load(cfg.data.dataset, cfg.data.split if registered else None)
+    return data_lib.load(name, split if name in data_lib.DATASETS else None)
 
 
 class Evaluator:
@@ -220,8 +224,7 @@ class Evaluator:
                 from grpo.data import arith
                 self.sets[name] = arith.held_out(self.cfg.per_difficulty, seed=cfg.seed)
             else:
-                from grpo import data as data_lib
-                rows = data_lib.load(name, self.cfg.split if name in data_lib.DATASETS else None)
+                rows = load_problems(name, self.cfg.split)
                 n = self.cfg.num_problems or len(rows)
                 self.sets[name] = [rows[i] for i in range(min(n, len(rows)))]
 
@@ -371,8 +374,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
             per_update = []
             for _ in range(cfg.rl.mu):
                 for j in range(cfg.rl.minibatches):
-                    lo, hi = j * n // cfg.rl.minibatches, (j + 1) * n // cfg.rl.minibatches
-                    state, m = step_fn(state, _slice_rows(batch, lo, hi), old[lo:hi])
+                    if cfg.rl.minibatches == 1:  # the whole batch: no slicing copies on the hot path
+                        state, m = step_fn(state, batch, old)
+                    else:
+                        lo, hi = j * n // cfg.rl.minibatches, (j + 1) * n // cfg.rl.minibatches
+                        state, m = step_fn(state, _slice_rows(batch, lo, hi), old[lo:hi])
                     per_update.append(m)
         return state, per_update
 

@@ -152,13 +152,13 @@ def load(path: str | os.PathLike, mesh: Mesh | None = None, *, with_tokenizer: b
         shape, dtype = var.get_value().shape, cfg.weight_dtype
         template, from_hf, _ = mapping[ours]
         layers = range(shape[0]) if ours.startswith("layers.") else [None]
+        want = _hf_shape(cfg, ours, shape)
         views = []
         for i in layers:
             name = template.format(i=i)
             if name not in st.tensors:
                 raise CheckpointError(f"{path}: tensor {name} is missing from the checkpoint")
             t = st.tensors[name]
-            want = _hf_shape(cfg, ours, shape)
             if tuple(t.shape) != want:
                 raise CheckpointError(f"{path}: tensor {name} has shape {tuple(t.shape)} but config.json "
                                       f"implies {want}")
