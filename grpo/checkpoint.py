@@ -18,11 +18,24 @@ import orbax.checkpoint as ocp
 log = logging.getLogger("quant")
 
 
+def directory(cfg, workdir: str | Path):
+    """Where a run's checkpoints live: cfg.checkpoint_dir (a path or a gs:// URL) or WORKDIR/checkpoints."""
+    where = cfg.get("checkpoint_dir", "")
+    return where if where else Path(workdir) / "checkpoints"
+
+
+def _path(directory):
+    if "://" in str(directory):  # a bucket: orbax's own path type handles it
+        from etils import epath
+        return epath.Path(str(directory))
+    return Path(directory).absolute()
+
+
 class Checkpointer:
     """Saves/restores a TrainState pytree under `directory`, keeping the newest `keep` steps."""
 
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = _path(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -68,24 +81,43 @@ def load_trained(workdir: str | Path, step: int | None = None, mesh=None):
     import ml_collections
     from flax import nnx
 
-    from grpo.trainer import load_policy
+    from grpo.trainer import _opt_shardings, load_policy
+    from models.sharding import param_shardings
 
     workdir = Path(workdir)
-    if not (workdir / "config.json").exists():
-        raise FileNotFoundError(f"missing file: {workdir / 'config.json'} (not a quant train workdir)")
+    if not is_train_workdir(workdir):
+        raise FileNotFoundError(f"{workdir} is not a quant train workdir (no config.json with a training config)")
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
     if mesh is None:
         from models.sharding import make_mesh
         mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     model, tok = load_policy(cfg, mesh)
     graphdef, state = nnx.split(model)
-    shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(state))
-    got = jax.tree.map(lambda x: tuple(x.shape), restored["params"])
-    if jax.tree.structure(shapes) != jax.tree.structure(got) or shapes != got:
-        raise ValueError(f"checkpoint {step} in {workdir} does not match the model in its config.json")
+    shardings = nnx.to_pure_dict(param_shardings(state, mesh))
+    shapes = jax.tree.map(lambda x: tuple(x.shape), nnx.to_pure_dict(state))
+    where = _path(directory(cfg, workdir))
+    with ocp.CheckpointManager(where, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {where}")
+        saved = manager.item_metadata(step).tree
+        got = jax.tree.map(lambda x: tuple(x.shape), saved["params"])
+        if jax.tree.structure(shapes) != jax.tree.structure(got) or shapes != got:
+            raise ValueError(f"checkpoint {step} in {where} does not match the model in {workdir}/config.json")
+        # Lay the saved state out on `mesh` (whatever mesh and process count wrote it): parameters and
+        # their optimizer moments like the parameters, the rest replicated.
+        layout = _opt_shardings(saved, shardings, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        target = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype, sharding=sh), saved, layout)
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     return nnx.merge(graphdef, restored["params"]), tok, step
+
+
+def is_train_workdir(path: str | Path) -> bool:
+    """Whether `path` is a `quant train` output directory (its config.json is a training config)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "rl" in cfg and "model" in cfg

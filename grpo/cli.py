@@ -46,6 +46,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     """Trains with GRPO; re-running the same command resumes from the newest checkpoint."""
     import logging
 
+    import jax
+
     from grpo import trainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -53,7 +55,8 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     name = Path((args.config or DEFAULT_CONFIG).split(":")[0]).stem
     workdir = args.workdir or f"runs/{name}"
     trainer.run(cfg, workdir, progress=not args.no_progress)
-    print(f"done: metrics in {workdir}/metrics.jsonl, plots in {workdir}/plots/")
+    if jax.process_index() == 0:
+        print(f"done: metrics in {workdir}/metrics.jsonl, plots in {workdir}/plots/")
     return 0
 
 
@@ -85,6 +88,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_processes() -> None:
+    """Joins a multi-process run when the environment describes one (see grpo/multihost.py); other
+    processes than 0 then only log warnings."""
+    from grpo import multihost
+
+    if multihost.initialize() and not multihost.is_primary():
+        import logging
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("quant").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quant", description="GRPO training and evaluation in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (overrides and not getattr(args, "takes_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
     try:
+        _start_processes()
         if getattr(args, "takes_overrides", False):
             return args.func(args, overrides)
         return args.func(args)

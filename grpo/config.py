@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0 = never (besides before and after training when eval.datasets is set)
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
+    # "" = WORKDIR/checkpoints. Multi-host runs need a directory every host sees (a shared file system
+    # or a bucket such as gs://bucket/run: orbax writes each host's shards there).
+    c.checkpoint_dir = ""
 
     c.model = ml_collections.ConfigDict(dict(
         preset="", hf_path="", dtype="float32", param_dtype="float32",

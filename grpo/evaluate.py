@@ -481,8 +481,8 @@ def _eval_model(args: argparse.Namespace, dataset: str, problems: list[dict]) ->
     if settings["samples"] > 1 and settings["temperature"] == 0:
         raise ValueError(f"{settings['samples']} greedy samples would all be the same; set --temperature")
     mesh = make_mesh((1, -1, 1))
-    if (Path(args.model) / "checkpoints").is_dir():  # a `quant train` workdir: its newest checkpoint
-        from grpo.checkpoint import load_trained
+    from grpo.checkpoint import is_train_workdir, load_trained
+    if is_train_workdir(args.model):  # its newest checkpoint
         model, tokenizer, _ = load_trained(args.model, mesh=mesh)
     else:
         model, tokenizer = hf.load(args.model, mesh)

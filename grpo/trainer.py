@@ -277,6 +277,25 @@ def _opt_shardings(abstract_opt: Any, param_shardings: Any, replicated) -> Any:
     return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
 
+def init_state(sampler, optimizer: optax.GradientTransformation, seed: int) -> tuple[TrainState, TrainState]:
+    """A fresh TrainState on the sampler's mesh: optimizer state laid out like the parameters (FSDP).
+
+    Returns:
+      (state, state_shardings).
+    """
+    mesh = sampler.mesh
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = TrainState(
+        step=replicated, params=sampler.shardings,
+        opt_state=_opt_shardings(jax.eval_shape(optimizer.init, sampler.params), sampler.shardings, replicated),
+        rng=replicated, data_pos=replicated)
+    with jax.set_mesh(mesh):
+        init = jax.jit(lambda p: TrainState(step=jnp.int32(0), params=p, opt_state=optimizer.init(p),
+                                            rng=jax.random.key_data(jax.random.key(seed)),
+                                            data_pos=jnp.int32(0)), out_shardings=shardings)
+        return init(sampler.params), shardings
+
+
 def _slice_rows(tree: Any, start: int, stop: int) -> Any:
     return jax.tree.map(lambda x: x[start:stop], tree)
 
@@ -303,6 +322,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     from grpo import checkpoint as ckpt_lib
     from grpo import config as config_lib
     from grpo import metrics as metrics_lib
+    from grpo import multihost
     from grpo.rollout import collect
     from models.sampler import Sampler
     from models.sharding import make_mesh, shard_batch
@@ -313,40 +333,35 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     lcfg = loss_config(cfg)
     lcfg.validate()
     workdir = Path(workdir)
-    primary = jax.process_index() == 0
+    primary = multihost.is_primary()  # writes logs, plots, metadata; every process writes checkpoints
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
     mesh = make_mesh(cfg.mesh.shape)
     model, tok = load_policy(cfg, mesh)
-    graphdef, params = nnx.split(model)
-    params = nnx.to_pure_dict(params)
+    graphdef = nnx.graphdef(model)
     if data_rows is None:
         data_rows = training_rows(cfg)
-    reward_fn = compose.build(cfg.rewards)
+    reward_fn = multihost.ShardedReward(compose.build(cfg.rewards))  # each host scores its shard
     sampler = Sampler(model, tok, mesh)
     ro = cfg.rollout
     scfg = sampler.config(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_k=ro.top_k,
                           top_p=ro.top_p, stop=tuple(ro.stop), think_budget=ro.think_budget)
     from grpo.data.prompts import render_prompt
-    encode = lambda row: tok.encode(render_prompt(row["problem"], cfg.data.prompt_template, tok))
+    def take_prompts(k: int) -> list[dict]:
+        """The next k rows (the same order on every host); each host encodes its shard, then all gather."""
+        rows = stream.take(k)
+        lo, hi = multihost.shard_range(k)
+        mine = [dict(r, prompt_ids=tok.encode(render_prompt(r["problem"], cfg.data.prompt_template, tok)))
+                for r in rows[lo:hi]]
+        return multihost.gather_shards(mine)
 
     updates = cfg.rl.mu * cfg.rl.minibatches
     optimizer, lr_fn = make_optimizer(cfg.optim, cfg.total_steps * updates)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    p_shardings = sampler.shardings
-    state_shardings = TrainState(
-        step=replicated, params=p_shardings,
-        opt_state=_opt_shardings(jax.eval_shape(optimizer.init, params), p_shardings, replicated),
-        rng=replicated, data_pos=replicated)
+    state, state_shardings = init_state(sampler, optimizer, cfg.seed)
     ref_params = sampler.params if cfg.rl.beta > 0 else None  # the initial policy, placed on the mesh
-
-    with jax.set_mesh(mesh):
-        init = jax.jit(lambda p: TrainState(step=jnp.int32(0), params=p, opt_state=optimizer.init(p),
-                                            rng=jax.random.key_data(jax.random.key(cfg.seed)),
-                                            data_pos=jnp.int32(0)), out_shardings=state_shardings)
-        state = init(sampler.params)
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    ckpt = ckpt_lib.Checkpointer(ckpt_lib.directory(cfg, workdir), keep=cfg.keep_checkpoints)
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state)
         log.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
@@ -391,13 +406,16 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     for step in range(start, cfg.total_steps):
         t0 = time.perf_counter()
         sampler.set_params(state.params)
-        rollout = collect(sampler, stream.take, encode, reward_fn, scfg, lcfg, num_prompts=cfg.data.prompts_per_step,
+        rollout = collect(sampler, take_prompts, lambda row: row["prompt_ids"], reward_fn, scfg, lcfg,
+                          num_prompts=cfg.data.prompts_per_step,
                           group_size=ro.group_size, rng=jax.random.fold_in(jax.random.wrap_key_data(state.rng), step),
                           dynamic_sampling=ro.dynamic_sampling, max_rounds=ro.max_sampling_rounds,
                           mask_truncated=ro.mask_truncated)                       # device + host rewards
         t1 = time.perf_counter()
         state, per_update = update(state, rollout.batch)                         # device
-        state = state.replace(step=jnp.int32(step + 1), data_pos=jnp.int32(stream.pos))
+        # host scalars -> global replicated arrays (checkpoints need every leaf global on every host)
+        state = state.replace(step=jax.device_put(np.int32(step + 1), replicated),
+                              data_pos=jax.device_put(np.int32(stream.pos), replicated))
         done, metrics = step + 1, {}
         if done % cfg.log_every == 0 or done == cfg.total_steps:
             per_update = jax.device_get(per_update)  # the only device -> host sync of the step

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from models.config import ModelConfig
-from models.sharding import named_sharding
+from models.sharding import named_sharding, to_host
 from models.transformer import Transformer
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64}
@@ -185,13 +185,6 @@ def load(path: str | os.PathLike, mesh: Mesh | None = None, *, with_tokenizer: b
 
 # ---- export ---------------------------------------------------------------------------------------------
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:  # multi-host: gather the global value
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
-
-
 def hf_state_dict(model: Transformer, dtype: Any = None) -> dict[str, np.ndarray]:
     """The model's parameters as HF-named numpy arrays (gathered to the host)."""
     cfg = model.cfg
@@ -200,7 +193,7 @@ def hf_state_dict(model: Transformer, dtype: Any = None) -> dict[str, np.ndarray
     for key_path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         ours = ".".join(str(k) for k in key_path)
         template, _, to_hf = mapping[ours]
-        arr = _to_host(var[...])
+        arr = to_host(var[...])
         if dtype is not None:
             arr = arr.astype(dtype)
         if ours.startswith("layers."):

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.sharding import constrain, param_shardings, shard_batch
+from models.sharding import constrain, param_shardings, shard_batch, to_host
 from models.transformer import KVCache, Transformer
 
 # finish codes
@@ -355,7 +355,7 @@ class Sampler:
         else:
             out = self._generate(self.params, *args, rng, cfg=cfg, group_size=group_size)
         n = num * group_size
-        host = jax.tree.map(lambda x: np.asarray(x)[:n], out)
+        host = jax.tree.map(lambda x: to_host(x)[:n], out)
         finish = [("budget" if bf else FINISH_NAMES[int(f)]) for f, bf in zip(host.finish, host.budget_forced)]
         result = Completions(
             tokens=host.tokens, logp=host.logp, logp_sample=host.logp_sample, mask=host.mask, forced=host.forced,

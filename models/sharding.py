@@ -58,8 +58,13 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] |
     if math.prod(shape) != len(devices):
         raise ValueError(
             f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices but {len(devices)} are available")
+    if devices[0].platform == "tpu":  # follow the physical torus (ICI) so neighbours on an axis are linked
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    else:  # devices are ordered by process: each host holds a contiguous block of the batch
+        grid = np.asarray(devices, dtype=object).reshape(shape)
     # jax.make_mesh would default to Explicit axes in this JAX version; Mesh gives Auto axes.
-    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
+    return Mesh(grid, MESH_AXES)
 
 
 def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = None,
@@ -131,3 +136,15 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
 def shard_batch(mesh: Mesh, tree: Any) -> Any:
     """Places host arrays on the mesh, leading dimension over ('data', 'fsdp')."""
     return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.shape(x))), tree)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-host) array as numpy, on every process.
+
+    A sharded array whose shards live on other hosts is all-gathered (every process must call this
+    in the same order); local or replicated arrays are read directly.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

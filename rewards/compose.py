@@ -165,6 +165,24 @@ class ComposedReward:
         return out
 
 
+    def merge_metrics(self, shards: Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
+        """`metrics()` of one batch scored in shards, from each shard's (items scored, metrics()).
+
+        Components whose metrics are counts (`metrics_are_counts = True`) are summed; the others are
+        shares of the items scored, so they are averaged weighted by the items.
+        """
+        counts = {f"reward/{c.name}/" for c in self.components if getattr(c.fn, "metrics_are_counts", False)}
+        out: dict[str, float] = {}
+        items = sum(n for n, _ in shards)
+        for key in dict.fromkeys(k for _, m in shards for k in m):
+            values = [(n, m[key]) for n, m in shards if key in m]
+            if any(key.startswith(prefix) for prefix in counts):
+                out[key] = sum(v for _, v in values)
+            else:
+                out[key] = sum(n * v for n, v in values) / max(items, 1)
+        return out
+
+
 def _as_dict(value) -> dict | None:
     if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
         value = value.to_dict()

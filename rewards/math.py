@@ -292,6 +292,8 @@ class MathReward:
         otherwise it shares the process-wide one.
     """
 
+    metrics_are_counts = True  # metrics() counts items of the last batch (multi-host shards are summed)
+
     batched = True
 
     def __init__(self, *, correct: float = 1.0, incorrect: float = 0.0,

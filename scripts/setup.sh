@@ -2,6 +2,8 @@
 # Installs Quant and its system dependency (bubblewrap, the sandbox for code rewards).
 #   bash scripts/setup.sh          # the package
 #   bash scripts/setup.sh --test   # the package plus test-only references (pytest, torch CPU, transformers)
+#   bash scripts/setup.sh --tpu    # the package plus JAX's TPU runtime (Cloud TPU VMs; launch/tpu.py uses it)
+#   bash scripts/setup.sh --cuda   # the package plus JAX's CUDA 12 runtime (GPU nodes; launch/slurm.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The code sandbox (rewards/sandbox.py) needs bubblewrap, util-linux (prlimit, setpriv, taskset) and a
@@ -20,5 +22,17 @@ if [ -n "$pkgs" ]; then
     echo "warning: missing$pkgs; install them to run code rewards in the sandbox" >&2
   fi
 fi
-extra=""; [ "${1:-}" = "--test" ] && extra="[test]"
+extra=""; accel=""
+for arg in "$@"; do
+  case "$arg" in
+    --test) extra="[test]" ;;
+    --tpu) accel="tpu" ;;
+    --cuda) accel="cuda12" ;;
+    *) echo "setup.sh: unknown option $arg (use --test, --tpu or --cuda)" >&2; exit 2 ;;
+  esac
+done
 python3 -m pip install -q --disable-pip-version-check -e ".${extra}"
+if [ -n "$accel" ]; then  # the accelerator runtime of the same JAX version as the CPU one pinned above
+  jax_version=$(python3 -c "import jax; print(jax.__version__)")
+  python3 -m pip install -q --disable-pip-version-check "jax[${accel}]==${jax_version}"
+fi
