@@ -460,6 +460,9 @@ def run_eval(args: argparse.Namespace) -> int:
                   **score_completions(problems, completions, samples=args.samples, count_tokens=count)}
     else:
         report = {**header, "model": args.model, **_eval_model(args, dataset.name, problems)}
+    import jax
+    if jax.process_index() != 0:  # a multi-host run: every host computed the same report
+        return 0
     print(markdown_summary(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
@@ -492,7 +495,8 @@ def _eval_model(args: argparse.Namespace, dataset: str, problems: list[dict]) ->
         from grpo.data.prompts import default_template
         settings["template"] = default_template(tokenizer)
     completions = generate_completions(model, tokenizer, problems, mesh=mesh, batch_size=args.batch_size, **settings)
-    if args.save_completions:
+    import jax
+    if args.save_completions and jax.process_index() == 0:
         write_completions(args.save_completions, problems, completions)
         log.info("completions written to %s", args.save_completions)
     return {"settings": settings, **score_completions(problems, completions)}
