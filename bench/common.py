@@ -20,12 +20,12 @@ def timeit(fn: Callable[[], object], warmup: int = 1, min_time: float = 2.0, min
     return (time.perf_counter() - start) / n
 
 
-def matmul_peak_flops(n: int = 2048, dtype=jnp.float32) -> float:
+def matmul_peak_flops(n: int = 2048, dtype=jnp.float32, min_time: float = 2.0) -> float:
     """Achieved FLOP/s of one large jitted matmul: the practical compute ceiling of this device."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     f = jax.jit(lambda x, y: x @ y)
-    sec = timeit(lambda: f(a, b).block_until_ready(), warmup=2, min_time=2.0)
+    sec = timeit(lambda: f(a, b).block_until_ready(), warmup=2, min_time=min_time)
     return 2 * n**3 / sec
 
 
