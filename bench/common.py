@@ -37,3 +37,17 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
         if j == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def forward_setup(graphdef, cfg, batch: int, length: int):
+    """A jitted full forward (params, tokens, positions, mask) -> logits, and a random full batch for it."""
+    from flax import nnx
+
+    @jax.jit
+    def forward(params, tokens_bt, positions_bt, mask_bt):
+        logits_btv, _ = nnx.merge(graphdef, params)(tokens_bt, positions_bt, mask_bt)
+        return logits_btv
+
+    tokens = jax.random.randint(jax.random.key(0), (batch, length), 0, cfg.vocab_size)
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    return forward, (tokens, positions, jnp.ones((batch, length), bool))

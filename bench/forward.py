@@ -14,10 +14,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import matmul_peak_flops, print_table, timeit  # noqa: E402
+from bench.common import forward_setup, matmul_peak_flops, print_table, timeit  # noqa: E402
 from models.config import preset  # noqa: E402
 from models.transformer import init_model  # noqa: E402
 
@@ -32,14 +31,7 @@ def main():
         cfg = preset(name)
         graphdef, params = nnx.split(init_model(cfg))
 
-        @jax.jit
-        def forward(params, tokens, positions, mask):
-            logits, _ = nnx.merge(graphdef, params)(tokens, positions, mask)
-            return logits
-
-        tokens = jax.random.randint(jax.random.key(0), (b, t), 0, cfg.vocab_size)
-        positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-        mask = jnp.ones((b, t), bool)
+        forward, (tokens, positions, mask) = forward_setup(graphdef, cfg, b, t)
         sec = timeit(lambda: forward(params, tokens, positions, mask).block_until_ready())
         tok_s = b * t / sec
         flops = cfg.flops_per_token(context=t // 2) * tok_s

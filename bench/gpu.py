@@ -47,7 +47,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bench.common import matmul_peak_flops, print_table, timeit  # noqa: E402
+from bench.common import forward_setup, matmul_peak_flops, print_table, timeit  # noqa: E402
 from grpo import loss as loss_lib  # noqa: E402
 from grpo.rollout import Batch  # noqa: E402
 from grpo.trainer import TrainState, make_optimizer, make_train_step  # noqa: E402
@@ -173,14 +173,7 @@ def bench_forward(r: Runner, name: str, b: int, t: int) -> dict:
     cfg = bf16(name)
     graphdef, params = nnx.split(r.model(cfg))
 
-    @jax.jit
-    def forward(params, tokens_bt, positions_bt, mask_bt):
-        logits_btv, _ = nnx.merge(graphdef, params)(tokens_bt, positions_bt, mask_bt)
-        return logits_btv
-
-    tokens = jax.random.randint(jax.random.key(0), (b, t), 0, cfg.vocab_size)
-    positions = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = jnp.ones((b, t), bool)
+    forward, (tokens, positions, mask) = forward_setup(graphdef, cfg, b, t)
     t0 = time.perf_counter()
     forward(params, tokens, positions, mask).block_until_ready()
     first = time.perf_counter() - t0
