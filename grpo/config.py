@@ -59,7 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.rewards = ml_collections.ConfigDict({"math": 1.0})
     c.optim = ml_collections.ConfigDict(dict(lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0,
                                              grad_clip=1.0, microbatches=1, b1=0.9, b2=0.99,
-                                             final_lr_frac=0.0))
+                                             final_lr_frac=0.0,
+                                             # vocabulary projection over this many completion positions
+                                             # at a time, recomputed in backward (0 = all at once)
+                                             logits_chunk=128))
     c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
     c.eval = ml_collections.ConfigDict(dict(
         datasets=(), split="test", num_problems=0, samples=1, temperature=0.0, top_p=1.0, max_new_tokens=512,
@@ -168,7 +171,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
         _positive(cfg, key)
     for key in ("rl.beta", "rl.eps_low", "rl.eps_high", "rl.entropy_coef", "rollout.temperature",
                 "rollout.think_budget", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip",
-                "eval_every", "checkpoint_every"):
+                "eval_every", "checkpoint_every", "optim.logits_chunk"):
         _positive(cfg, key, allow_zero=True)
     _choice(cfg, "rl.advantage", ADVANTAGES)
     _choice(cfg, "rl.std_scale", STD_SCALES)

@@ -61,8 +61,14 @@ def make_optimizer(ocfg: ml_collections.ConfigDict, total_updates: int):
     return optax.chain(*parts), lr
 
 
-def token_logps(graphdef: nnx.GraphDef, params: Any, batch: Batch, with_entropy: bool = True):
+def token_logps(graphdef: nnx.GraphDef, params: Any, batch: Batch, with_entropy: bool = True,
+                chunk: int = 0):
     """Log-probabilities (and entropies) of the completion tokens under `params`.
+
+    Args:
+      chunk: if > 0 and the completion is longer, the vocabulary projection and log-softmax run over
+        `chunk` positions at a time and are recomputed in the backward pass, so only (N, chunk, V) logits
+        are ever live instead of (N, T, V) (with a 150k vocabulary that is what fills the memory).
 
     Returns:
       (logp_nt, entropy_nt or None), float32, for the T completion positions.
@@ -70,12 +76,27 @@ def token_logps(graphdef: nnx.GraphDef, params: Any, batch: Batch, with_entropy:
     model = nnx.merge(graphdef, params)
     p = batch.prompt_len
     hidden_nld, _ = model(batch.tokens, batch.positions, batch.kv_mask, return_hidden=True)
-    logits_ntv = model.logits(hidden_nld[:, p - 1:-1])  # position i predicts token i + 1
-    logp_ntv = jax.nn.log_softmax(logits_ntv, axis=-1)
+    h_ntd = hidden_nld[:, p - 1:-1]  # position i predicts token i + 1
     targets_nt = batch.tokens[:, p:]
-    logp_nt = jnp.take_along_axis(logp_ntv, targets_nt[..., None], axis=-1)[..., 0]
-    entropy_nt = -(jnp.exp(logp_ntv) * logp_ntv).sum(-1) if with_entropy else None
-    return logp_nt, entropy_nt
+
+    def score(h_ntd, targets_nt):
+        logp_ntv = jax.nn.log_softmax(model.logits(h_ntd), axis=-1)
+        logp_nt = jnp.take_along_axis(logp_ntv, targets_nt[..., None], axis=-1)[..., 0]
+        entropy_nt = -(jnp.exp(logp_ntv) * logp_ntv).sum(-1) if with_entropy else jnp.zeros_like(logp_nt)
+        return logp_nt, entropy_nt
+
+    n, t = targets_nt.shape
+    if chunk <= 0 or t <= chunk:
+        logp_nt, entropy_nt = score(h_ntd, targets_nt)
+    else:
+        k = -(-t // chunk)
+        pad = k * chunk - t
+        h_kncd = jnp.pad(h_ntd, ((0, 0), (0, pad), (0, 0))).reshape(n, k, chunk, -1).swapaxes(0, 1)
+        tg_knc = jnp.pad(targets_nt, ((0, 0), (0, pad))).reshape(n, k, chunk).swapaxes(0, 1)
+        logp_knc, entropy_knc = jax.lax.map(lambda xs: jax.checkpoint(score)(*xs), (h_kncd, tg_knc))
+        logp_nt = logp_knc.swapaxes(0, 1).reshape(n, k * chunk)[:, :t]
+        entropy_nt = entropy_knc.swapaxes(0, 1).reshape(n, k * chunk)[:, :t]
+    return logp_nt, entropy_nt if with_entropy else None
 
 
 def _split(tree: Any, n: int) -> Any:
@@ -84,7 +105,7 @@ def _split(tree: Any, n: int) -> Any:
 
 
 def make_train_step(graphdef: nnx.GraphDef, lcfg: loss_lib.LossConfig, optimizer: optax.GradientTransformation,
-                    microbatches: int = 1, on_policy: bool = True) -> Callable:
+                    microbatches: int = 1, on_policy: bool = True, logits_chunk: int = 0) -> Callable:
     """Builds `train_step(state, batch, old_logp) -> (state, metrics)` (not yet jitted).
 
     Args:
@@ -96,10 +117,11 @@ def make_train_step(graphdef: nnx.GraphDef, lcfg: loss_lib.LossConfig, optimizer
       on_policy: the batch was sampled from exactly these parameters and this is the only update on it:
         old log-probs are the current ones (ratio 1, as TRL does with one iteration); otherwise `old_logp`
         is used.
+      logits_chunk: completion positions per vocabulary-projection chunk (see `token_logps`; 0 = all).
     """
 
     def loss_fn(params, mb: Batch, old_logp_nt, denoms):
-        logp_nt, entropy_nt = token_logps(graphdef, params, mb)
+        logp_nt, entropy_nt = token_logps(graphdef, params, mb, chunk=logits_chunk)
         old = jax.lax.stop_gradient(logp_nt) if on_policy else old_logp_nt
         ref = mb.ref_logp if lcfg.beta > 0 else None
         loss, metrics = loss_lib.policy_loss(logp_nt, old, mb.advantages, mb.completion_mask, lcfg, denoms,
@@ -142,9 +164,9 @@ def make_train_step(graphdef: nnx.GraphDef, lcfg: loss_lib.LossConfig, optimizer
     return train_step
 
 
-def make_logp_fn(graphdef: nnx.GraphDef) -> Callable:
+def make_logp_fn(graphdef: nnx.GraphDef, logits_chunk: int = 0) -> Callable:
     """params, batch -> completion log-probs (for old-policy or reference log-probs)."""
-    return lambda params, batch: token_logps(graphdef, params, batch, with_entropy=False)[0]
+    return lambda params, batch: token_logps(graphdef, params, batch, with_entropy=False, chunk=logits_chunk)[0]
 
 
 
@@ -368,9 +390,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     start = int(state.step)
 
     on_policy = cfg.rl.old_logp == "auto" and updates == 1
-    step_fn = jax.jit(make_train_step(graphdef, lcfg, optimizer, cfg.optim.microbatches, on_policy),
+    chunk = cfg.optim.get("logits_chunk", 0)
+    step_fn = jax.jit(make_train_step(graphdef, lcfg, optimizer, cfg.optim.microbatches, on_policy, chunk),
                       donate_argnums=0, out_shardings=(state_shardings, None))
-    logp_fn = jax.jit(make_logp_fn(graphdef))
+    logp_fn = jax.jit(make_logp_fn(graphdef, chunk))
     stream = PromptStream(data_rows, cfg.seed, cfg.data.shuffle, pos=int(state.data_pos))
     writer = metrics_lib.MetricsWriter(workdir, enabled=primary, start_step=start)
     bar = None

@@ -10,7 +10,7 @@ from flax import nnx
 
 from grpo import loss as loss_lib
 from grpo.rollout import Batch
-from grpo.trainer import TrainState, make_optimizer, make_train_step, token_logps
+from grpo.trainer import TrainState, make_logp_fn, make_optimizer, make_train_step, token_logps
 from models.config import ModelConfig
 from models.sharding import make_mesh, shard_batch
 from models.transformer import init_model
@@ -71,6 +71,26 @@ def test_microbatches_equal_one_batch(setup):
     assert float(m1["grad_norm"]) > 0 and int(m1["skipped"]) == 0
     moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(params)))
     assert moved > 1e-4  # the update really happened
+
+
+def test_chunked_logits_equal_all_at_once(setup):
+    """Vocabulary projection over chunks of 4 positions (T = 6: one padded chunk), recomputed in backward:
+    same loss, entropy, log-probs and update as projecting all positions at once."""
+    graphdef, params, _ = setup
+    optimizer = optax.sgd(1.0)
+    batch = make_batch(seed=3)
+    old = off_policy_old(graphdef, params, batch)
+    whole = jax.jit(make_train_step(graphdef, LCFG, optimizer, on_policy=False))
+    chunked = jax.jit(make_train_step(graphdef, LCFG, optimizer, on_policy=False, logits_chunk=4))
+    s1, m1 = whole(fresh_state(params, optimizer), batch, old)
+    s2, m2 = chunked(fresh_state(params, optimizer), batch, old)
+    for key in ("loss", "entropy", "grad_norm", "clip_frac"):
+        np.testing.assert_allclose(float(m1[key]), float(m2[key]), rtol=1e-5, atol=1e-7, err_msg=key)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    logp = jax.jit(make_logp_fn(graphdef, logits_chunk=4))(params, batch)
+    np.testing.assert_allclose(np.asarray(logp), np.asarray(jax.jit(make_logp_fn(graphdef))(params, batch)),
+                               atol=1e-5)
 
 
 def test_on_policy_step_ratio_is_one(setup):
