@@ -211,7 +211,7 @@ def bench_sampler(r: Runner, name: str, param_dtype: str, b: int, g: int) -> dic
                 of_copy_bw=round(weight_bw / copy_bw, 3) if copy_bw else None)
 
 
-def bench_train(r: Runner, microbatches: int) -> dict:
+def bench_train(r: Runner, microbatches: int, logits_chunk: int = 0) -> dict:
     n, p, t = r.s.train
     cfg = preset(r.s.model, dtype="bfloat16")  # f32 params, bf16 compute: the GRPO configs' precision
     graphdef, state = nnx.split(init_model(cfg, seed=0))
@@ -221,7 +221,8 @@ def bench_train(r: Runner, microbatches: int) -> dict:
     ocfg = ml_collections.ConfigDict(dict(lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0,
                                           grad_clip=1.0, b1=0.9, b2=0.99))
     optimizer, _ = make_optimizer(ocfg, 100)
-    step_fn = jax.jit(make_train_step(graphdef, lcfg, optimizer, microbatches, on_policy=True), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(graphdef, lcfg, optimizer, microbatches, on_policy=True,
+                                      logits_chunk=logits_chunk), donate_argnums=0)
     holder = [TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                          rng=jax.random.key_data(jax.random.key(0)), data_pos=jnp.zeros((), jnp.int32))]
     rng = np.random.RandomState(0)
@@ -246,7 +247,7 @@ def bench_train(r: Runner, microbatches: int) -> dict:
     flops_6n = 6 * cfg.num_params() * tokens / sec
     flops_attn = 3 * cfg.flops_per_token(context=length // 2) * tokens / sec
     return dict(model=r.s.model, params="f32", compute="bf16", sequences=n, prompt=p, completion=t,
-                microbatches=microbatches,
+                microbatches=microbatches, logits_chunk=logits_chunk,
                 compile_and_first_s=round(first, 2), s_per_step=round(sec, 3), tokens_per_s=round(tokens / sec),
                 mfu_6n=round(flops_6n / r.peak, 3), mfu_with_attn=round(flops_attn / r.peak, 3),
                 tflops_6n=round(flops_6n / 1e12, 1), loss=float(metrics["loss"]),
@@ -345,6 +346,8 @@ def main():
     ap.add_argument("--json", default=None, help="write results here (rewritten after each benchmark)")
     ap.add_argument("--budget-s", type=float, default=None, help="start no benchmark after this many seconds")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers.generate comparison")
+    ap.add_argument("--only", default="forward,sampler,train,hf",
+                    help="comma-separated groups to run after the peaks (forward, sampler, train, hf)")
     ap.add_argument("--hf-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--prompt", type=int, default=128, help=argparse.SUPPRESS)
@@ -365,16 +368,21 @@ def main():
     r.run("peak_bf16", bench_peak, s.peak_bf16, jnp.bfloat16, s.min_time)
     r.run("peak_f32", bench_peak, s.peak_f32, jnp.float32, s.min_time)
     r.run("hbm_copy", bench_copy, s.copy_elems, s.min_time)
-    fwd_main, *fwd_rest = s.forward
-    r.run(f"forward_{fwd_main[0]}_b{fwd_main[1]}x{fwd_main[2]}", bench_forward, r, *fwd_main)
-    r.run(f"sampler_b{b0}_g{g0}", bench_sampler, r, s.model, "bfloat16", b0, g0)
+    only = set(args.only.split(","))
+    fwd_main, *fwd_rest = s.forward if "forward" in only else [None]
+    if fwd_main:
+        r.run(f"forward_{fwd_main[0]}_b{fwd_main[1]}x{fwd_main[2]}", bench_forward, r, *fwd_main)
+    if "sampler" in only:
+        r.run(f"sampler_b{b0}_g{g0}", bench_sampler, r, s.model, "bfloat16", b0, g0)
     mb = s.microbatches
-    if r.run(f"train_step_mb{mb}", bench_train, r, mb) is None and any(
-            k in (r.get(f"train_step_mb{mb}", "error") or "") for k in ("RESOURCE_EXHAUSTED", "Out of memory")):
-        r.run(f"train_step_mb{2 * mb}", bench_train, r, 2 * mb)  # out of memory: smaller micro-batches
-    for b, g in s.sampler[1:]:
+    if "train" in only:
+        if r.run(f"train_step_mb{mb}", bench_train, r, mb) is None and any(
+                k in (r.get(f"train_step_mb{mb}", "error") or "") for k in ("RESOURCE_EXHAUSTED", "Out of memory")):
+            r.run(f"train_step_mb{2 * mb}", bench_train, r, 2 * mb)  # out of memory: smaller micro-batches
+        r.run(f"train_step_mb{mb}_chunk128", bench_train, r, mb, 128)  # the configs' default logits_chunk
+    for b, g in s.sampler[1:] if "sampler" in only else []:
         r.run(f"sampler_b{b}_g{g}", bench_sampler, r, s.model, "bfloat16", b, g)
-    if args.no_hf:
+    if args.no_hf or "hf" not in only:
         pass
     elif all(importlib.util.find_spec(m) for m in ("torch", "transformers", "safetensors")):
         r.run(f"hf_generate_b{b0}", bench_hf, r, bf16(s.model), b0)
@@ -382,7 +390,8 @@ def main():
         print("hf_generate skipped: torch, transformers or safetensors is not installed", flush=True)
     for name, b, t in fwd_rest:
         r.run(f"forward_{name}_b{b}x{t}", bench_forward, r, name, b, t)
-    r.run(f"sampler_b{b0}_g{g0}_f32params", bench_sampler, r, s.model, "float32", b0, g0)
+    if "sampler" in only:
+        r.run(f"sampler_b{b0}_g{g0}_f32params", bench_sampler, r, s.model, "float32", b0, g0)
 
     print(f"\n{r.meta['device']} ({r.meta['platform']}), jax {jax.__version__}, setting "
           f"{'QUICK' if args.quick else 'FULL'}, total {r.elapsed():.0f} s\n")
