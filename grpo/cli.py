@@ -95,7 +95,7 @@ def _start_processes() -> None:
 
     if multihost.initialize() and not multihost.is_primary():
         import logging
-        logging.getLogger().setLevel(logging.WARNING)
+        logging.basicConfig(level=logging.WARNING)  # the commands' own basicConfig(INFO) is then a no-op
         logging.getLogger("quant").setLevel(logging.WARNING)
 
 
@@ -127,16 +127,37 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown or (overrides and not getattr(args, "takes_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
+    from grpo import multihost
     try:
-        _start_processes()
+        if args.command in ("train", "eval"):  # the commands that run on several hosts together
+            _start_processes()
         if getattr(args, "takes_overrides", False):
             return args.func(args, overrides)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, multihost.HostError) as e:  # bad input: one clear line
         if os.environ.get("QUANT_DEBUG"):
             raise
         print(f"quant {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _failed(2)
+    except Exception:
+        if not multihost.started():
+            raise
+        import traceback
+        traceback.print_exc()
+        return _failed(1)
+
+
+def _failed(status: int) -> int:
+    """The exit status of a failed command. In a multi-process run the process leaves at once: a normal
+    exit would wait in jax.distributed's shutdown barrier for peers that may be waiting for it, and the
+    launcher (or srun) only stops the others once it sees a process exit."""
+    from grpo import multihost
+
+    if multihost.started():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -83,6 +83,11 @@ def initialize(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
+def started() -> bool:
+    """Whether this process joined a multi-process run."""
+    return _started
+
+
 def is_primary() -> bool:
     """Process 0: the one that writes logs, plots and metadata."""
     return jax.process_index() == 0
@@ -118,11 +123,64 @@ def allgather(obj: Any) -> list[Any]:
     return out
 
 
-def gather_shards(items: Sequence[Any]) -> list[Any]:
-    """Concatenates each process's list of items in process order (a no-op on one process)."""
+class HostError(RuntimeError):
+    """Raised on every process when some processes failed a step that all of them take together."""
+
+
+def gather_results(fn: Callable[[], Any]) -> list[Any]:
+    """Runs `fn` here and returns every process's result, in process order.
+
+    If `fn` raises on any process, every process raises `HostError` naming the failures, instead of the
+    healthy ones waiting for a result that never comes.
+    """
     if jax.process_count() == 1:
-        return list(items)
-    return [x for part in allgather(list(items)) for x in part]
+        return [fn()]
+    try:
+        out, err = fn(), None
+    except Exception as e:  # noqa: BLE001 - reported to (and raised on) every process
+        out, err = None, f"{type(e).__name__}: {e}"
+    parts = allgather((err, out))
+    failed = [(p, e) for p, (e, _) in enumerate(parts) if e is not None]
+    if failed:
+        raise HostError("; ".join(f"process {p}: {e}" for p, e in failed))
+    return [o for _, o in parts]
+
+
+def gather_shards(fn: Callable[[], Sequence[Any]]) -> list[Any]:
+    """Concatenates each process's list `fn()` in process order (errors as in `gather_results`)."""
+    return [x for part in gather_results(lambda: list(fn())) for x in part]
+
+
+def check_shared_directory(directory, what: str = "checkpoint_dir") -> None:
+    """Fails on every process unless all of them see the same `directory` (a path or a gs:// URL).
+
+    Multi-host checkpoints are written by all processes into one directory, so it must be shared (a
+    network file system or a bucket); per-host disks would give each host a different latest step.
+    """
+    if jax.process_count() == 1:
+        return
+    import secrets
+
+    from etils import epath
+
+    token = allgather(secrets.token_hex(8) if is_primary() else None)[0]
+    marker = epath.Path(str(directory)) / f".quant-shared-{token}"
+    if is_primary():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    allgather(None)  # written before anyone looks
+
+    def look():
+        if not (marker.exists() and marker.read_text() == token):
+            raise ValueError(f"{what}={str(directory)!r} is not shared with process 0 (a file it wrote there is "
+                             "not visible here): use a shared file system or a gs:// bucket")
+
+    try:
+        gather_results(look)
+    finally:
+        allgather(None)  # everyone has looked
+        if is_primary():
+            marker.unlink()
 
 
 class ShardedReward:
@@ -146,9 +204,12 @@ class ShardedReward:
             self._metrics = self.fn.metrics()
             return total, parts
         lo, hi = shard_range(len(completions))
-        total, parts = self.fn(list(completions[lo:hi]), list(samples[lo:hi]))
-        shards = allgather((np.asarray(total), {k: np.asarray(v) for k, v in parts.items()},
-                            hi - lo, self.fn.metrics()))
+
+        def score():
+            total, parts = self.fn(list(completions[lo:hi]), list(samples[lo:hi]))
+            return np.asarray(total), {k: np.asarray(v) for k, v in parts.items()}, hi - lo, self.fn.metrics()
+
+        shards = gather_results(score)
         total = np.concatenate([s[0] for s in shards]).astype(np.float32)
         parts = {k: np.concatenate([s[1][k] for s in shards]).astype(np.float32) for k in shards[0][1]}
         self._metrics = self.fn.merge_metrics([(s[2], s[3]) for s in shards])

@@ -359,6 +359,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     if primary:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=list))
+    multihost.check_shared_directory(ckpt_lib.directory(cfg, workdir))  # before anything is loaded
     mesh = make_mesh(cfg.mesh.shape)
     model, tok = load_policy(cfg, mesh)
     graphdef = nnx.graphdef(model)
@@ -374,9 +375,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
         """The next k rows (the same order on every host); each host encodes its shard, then all gather."""
         rows = stream.take(k)
         lo, hi = multihost.shard_range(k)
-        mine = [dict(r, prompt_ids=tok.encode(render_prompt(r["problem"], cfg.data.prompt_template, tok)))
-                for r in rows[lo:hi]]
-        return multihost.gather_shards(mine)
+        ids = multihost.gather_shards(
+            lambda: [tok.encode(render_prompt(r["problem"], cfg.data.prompt_template, tok)) for r in rows[lo:hi]])
+        return [dict(r, prompt_ids=i) for r, i in zip(rows, ids)]
 
     updates = cfg.rl.mu * cfg.rl.minibatches
     optimizer, lr_fn = make_optimizer(cfg.optim, cfg.total_steps * updates)

@@ -40,7 +40,8 @@ def with_device_count(xla_flags: str, count: int) -> str:
     return " ".join(kept + [f"--xla_force_host_platform_device_count={count}"])
 
 
-def process_envs(processes: int, port: int, cpu_devices: int | None, base: dict[str, str]) -> list[dict[str, str]]:
+def process_envs(processes: int, port: int, cpu_devices: int | None, base: dict[str, str],
+                 gpus: int | None = None) -> list[dict[str, str]]:
     """The environment of each process."""
     envs = []
     for i in range(processes):
@@ -50,6 +51,8 @@ def process_envs(processes: int, port: int, cpu_devices: int | None, base: dict[
         if cpu_devices:
             env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), cpu_devices)
             env["JAX_PLATFORMS"] = "cpu"
+        if gpus:  # process i gets GPUs [i * gpus, (i + 1) * gpus)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(i * gpus, (i + 1) * gpus))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         envs.append(env)
     return envs
@@ -61,7 +64,7 @@ def resolve(command: list[str]) -> list[str]:
     return command
 
 
-def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+def _stop(procs: list[subprocess.Popen], grace: float = 5.0) -> None:
     """SIGTERM to each still-running child (by pid), then SIGKILL after `grace` seconds."""
     for p in procs:
         if p.poll() is None:
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="number of processes (default 2)")
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="fake CPU devices per process (sets XLA_FLAGS and JAX_PLATFORMS=cpu)")
+    parser.add_argument("--gpus-per-process", type=int, default=None,
+                        help="split this machine's GPUs between the processes (CUDA_VISIBLE_DEVICES); "
+                             "without it every process sees every accelerator")
     parser.add_argument("--port", type=int, default=None, help="coordinator port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--log-dir", default=None, help="where processes 1..N-1 log (default: a temp dir)")
     parser.add_argument("--dry-run", action="store_true", help="print each process's command and exit")
@@ -102,16 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.processes < 1:
         parser.error("--processes must be >= 1")
     port = args.port or free_port()
-    envs = process_envs(args.processes, port, args.cpu_devices, dict(os.environ))
-    keys = ("QUANT_COORDINATOR", "QUANT_NUM_PROCESSES", "QUANT_PROCESS_ID", "XLA_FLAGS", "JAX_PLATFORMS")
+    envs = process_envs(args.processes, port, args.cpu_devices, dict(os.environ), args.gpus_per_process)
+    keys = ("QUANT_COORDINATOR", "QUANT_NUM_PROCESSES", "QUANT_PROCESS_ID", "XLA_FLAGS", "JAX_PLATFORMS",
+            "CUDA_VISIBLE_DEVICES")
     if args.dry_run:
         for env in envs:
-            shown = " ".join(f"{k}={shlex.quote(env[k])}" for k in keys if k in env)
+            shown = " ".join(f"{k}={shlex.quote(env[k])}" for k in keys
+                             if k in env and (k != "CUDA_VISIBLE_DEVICES" or args.gpus_per_process))
             print(f"{shown} {shlex.join(command)}")
         return 0
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="quant-local-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     procs, logs = [], []
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_stop(procs), sys.exit(143)))
     for i, env in enumerate(envs):
         if i == 0:
             procs.append(subprocess.Popen(command, env=env, cwd=os.getcwd()))
@@ -119,7 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             log = open(log_dir / f"process_{i}.log", "wb")
             logs.append(log)
             procs.append(subprocess.Popen(command, env=env, cwd=os.getcwd(), stdout=log, stderr=subprocess.STDOUT))
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_stop(procs), sys.exit(143)))
     status = 0
     try:
         while True:
@@ -129,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
         if failed:
-            i, status = failed[0]
-            print(f"launch/local.py: process {i} exited with status {status}; stopping the others",
+            i, code = failed[0]
+            status = code if code > 0 else 128 - code  # killed by signal s: 128 + s, as a shell reports it
+            print(f"launch/local.py: process {i} exited with status {code}; stopping the others",
                   file=sys.stderr)
             _stop(procs)
             for j, _ in failed:
@@ -138,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- process {j} log ({log_dir / f'process_{j}.log'}) ---\n"
                           f"{_tail(log_dir / f'process_{j}.log')}", file=sys.stderr)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan the children
         _stop(procs)
         status = 130
     finally:

@@ -42,8 +42,12 @@ def batch_script(args: argparse.Namespace, command: list[str]) -> str:
         'export QUANT_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):'
         f'{args.port}"',
         'export QUANT_NUM_PROCESSES="$SLURM_NNODES"',
-        f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(task)}",
+        # srun does not inherit --cpus-per-task from the allocation (Slurm >= 22.05): pass it on, so the
+        # reward worker pools get the node's cores
+        f'srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 bash -c {shlex.quote(task)}',
     ]
+    if args.python == "python3":  # the virtual environment scripts/setup.sh makes on Python < 3.11, if any
+        lines.insert(-1, f'export PATH="{ROOT}/.venv/bin:$PATH"')
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,25 @@ REMOTE = "quant"  # the checkout's directory under each worker's home
 LOG, PID, STATUS = f"{REMOTE}/train.log", f"{REMOTE}/train.pid", f"{REMOTE}/train.status"
 
 
+def start_command(command: list[str]) -> str:
+    """The shell line that starts `command` on a worker and returns at once.
+
+    Only `setsid` goes to the background (with every stream redirected, so ssh does not wait for the
+    job); its pid, recorded in ~/quant/train.pid, leads the job's new process group, which `stop` signals.
+    The job runs in the setup's virtual environment and records its exit status for `follow`.
+    """
+    job = (f"PATH=$HOME/{REMOTE}/.venv/bin:$PATH QUANT_DISTRIBUTED=auto {shlex.join(command)}; "
+           f"echo $? > ~/{STATUS}")
+    return (f"cd ~/{REMOTE} || exit 1; rm -f ~/{STATUS}; "
+            f"setsid nohup bash -c {shlex.quote(job)} > ~/{LOG} 2>&1 < /dev/null & echo $! > ~/{PID}")
+
+
+def stop_command() -> str:
+    """Signals the job's process group (see `start_command`); says so when there is nothing to stop."""
+    return (f"if test -f ~/{PID} && kill -TERM -- -$(cat ~/{PID}) 2>/dev/null; then echo stopped; "
+            f"else echo 'no running job'; fi")
+
+
 class TPU:
     """The gcloud commands for one TPU VM slice."""
 
@@ -63,9 +82,7 @@ class TPU:
     def start(self, command: list[str]) -> None:
         if command[:1] == ["quant"]:  # no reliance on the entry point being on a non-login PATH
             command = ["python3", "-m", "grpo.cli"] + command[1:]
-        job = f"QUANT_DISTRIBUTED=auto {shlex.join(command)}; echo $? > ~/{STATUS}"
-        self.ssh(f"cd ~/{REMOTE} && rm -f ~/{STATUS} && setsid nohup bash -c {shlex.quote(job)} "
-                 f"> ~/{LOG} 2>&1 < /dev/null & echo $! > ~/{PID}")
+        self.ssh(start_command(command))
 
     def follow(self) -> int:
         """Streams worker 0's log until the job ends; returns the job's exit status there."""
@@ -74,7 +91,7 @@ class TPU:
 
     def stop(self) -> None:
         # the job leads its own process group (setsid): signal the group by the recorded pid
-        self.ssh(f"test -f ~/{PID} && kill -TERM -- -$(cat ~/{PID}) 2>/dev/null; true")
+        self.ssh(stop_command())
 
     def delete(self) -> None:
         self.sh(["gcloud", "compute", "tpus", "tpu-vm", "delete", self.args.name, *self._where(), "--quiet"])
@@ -104,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             tpu.create()
         if not args.skip_setup:
             tpu.copy_code()
-        tpu.start(command)
-        if args.detach:
-            return 0
         try:
+            tpu.start(command)
+            if args.detach:
+                return 0
             return tpu.follow()
         except KeyboardInterrupt:
             print("\nstopping the job on all workers", file=sys.stderr)

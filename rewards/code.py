@@ -110,8 +110,19 @@ class CodeReward:
         """The last batch at a glance: completions without code, and each test status's share."""
         results = [r for r in self._last if r is not None]
         tests = [t.status for r in results for t in r.tests]
-        out = {"no_program": (len(self._last) - len(results)) / max(len(self._last), 1)}
+        out = {"no_program": (len(self._last) - len(results)) / max(len(self._last), 1), "tests": len(tests)}
         out.update({status: tests.count(status) / max(len(tests), 1) for status in judge.STATUSES})
+        return out
+
+    @staticmethod
+    def merge_metrics(shards: Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
+        """`metrics()` of one batch scored in shards (items scored, metrics): no_program is a share of
+        items, each status a share of tests run."""
+        items = max(sum(n for n, _ in shards), 1)
+        tests = sum(m.get("tests", 0) for _, m in shards)
+        out = {"no_program": sum(n * m.get("no_program", 0.0) for n, m in shards) / items, "tests": tests}
+        out.update({status: sum(m.get("tests", 0) * m.get(status, 0.0) for _, m in shards) / max(tests, 1)
+                    for status in judge.STATUSES})
         return out
 
     def close(self) -> None:

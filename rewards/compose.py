@@ -168,18 +168,24 @@ class ComposedReward:
     def merge_metrics(self, shards: Sequence[tuple[int, dict[str, float]]]) -> dict[str, float]:
         """`metrics()` of one batch scored in shards, from each shard's (items scored, metrics()).
 
-        Components whose metrics are counts (`metrics_are_counts = True`) are summed; the others are
-        shares of the items scored, so they are averaged weighted by the items.
+        A component merges its own metrics if it has `merge_metrics`; otherwise counts
+        (`metrics_are_counts = True`) are summed and shares of the items scored are averaged weighted
+        by the items.
         """
-        counts = {f"reward/{c.name}/" for c in self.components if getattr(c.fn, "metrics_are_counts", False)}
         out: dict[str, float] = {}
         items = sum(n for n, _ in shards)
-        for key in dict.fromkeys(k for _, m in shards for k in m):
-            values = [(n, m[key]) for n, m in shards if key in m]
-            if any(key.startswith(prefix) for prefix in counts):
-                out[key] = sum(v for _, v in values)
+        for c in self.components:
+            prefix = f"reward/{c.name}/"
+            own = [(n, {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)}) for n, m in shards]
+            if hasattr(c.fn, "merge_metrics"):
+                merged = c.fn.merge_metrics(own)
             else:
-                out[key] = sum(n * v for n, v in values) / max(items, 1)
+                merged = {}
+                for key in dict.fromkeys(k for _, m in own for k in m):
+                    values = [(n, m[key]) for n, m in own if key in m]
+                    merged[key] = (sum(v for _, v in values) if getattr(c.fn, "metrics_are_counts", False)
+                                   else sum(n * v for n, v in values) / max(items, 1))
+            out.update({prefix + k: v for k, v in merged.items()})
         return out
 
 

@@ -31,8 +31,17 @@ for arg in "$@"; do
     *) echo "setup.sh: unknown option $arg (use --test, --tpu or --cuda)" >&2; exit 2 ;;
   esac
 done
-python3 -m pip install -q --disable-pip-version-check -e ".${extra}"
+PY=python3
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  # The pinned JAX needs Python >= 3.11; older systems (e.g. Cloud TPU VM images with 3.10) get a
+  # virtual environment in .venv with a uv-managed Python 3.11: activate it (or use .venv/bin/quant).
+  echo "python3 is $(python3 -V 2>&1 | cut -d' ' -f2) (< 3.11): creating .venv with Python 3.11" >&2
+  python3 -m pip install -q --user --disable-pip-version-check uv
+  python3 -m uv venv --seed --python 3.11 .venv
+  PY=.venv/bin/python
+fi
+"$PY" -m pip install -q --disable-pip-version-check -e ".${extra}"
 if [ -n "$accel" ]; then  # the accelerator runtime of the same JAX version as the CPU one pinned above
-  jax_version=$(python3 -c "import jax; print(jax.__version__)")
-  python3 -m pip install -q --disable-pip-version-check "jax[${accel}]==${jax_version}"
+  jax_version=$("$PY" -c "import jax; print(jax.__version__)")
+  "$PY" -m pip install -q --disable-pip-version-check "jax[${accel}]==${jax_version}"
 fi

@@ -45,11 +45,11 @@ def test_bad_settings_are_named_before_anything_starts(env, message):
 
 def test_cli_reports_bad_settings_in_one_line():
     env = dict(os.environ, QUANT_COORDINATOR="127.0.0.1:1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "grpo.cli", "inspect", "--model", "tiny"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "grpo.cli", "train", "--config", "configs/tiny_arith.py:smoke"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "quant inspect: error: multi-process settings are incomplete: QUANT_COORDINATOR set but "
+        "quant train: error: multi-process settings are incomplete: QUANT_COORDINATOR set but "
         "QUANT_NUM_PROCESSES, QUANT_PROCESS_ID missing"]
 
 
@@ -64,22 +64,38 @@ def test_shard_ranges_tile_the_items_in_order(n, count):
 
 def test_one_process_gathers_are_identities():
     assert multihost.allgather({"a": 1}) == [{"a": 1}]
-    assert multihost.gather_shards([3, 4]) == [3, 4]
+    assert multihost.gather_shards(lambda: (3, 4)) == [3, 4]
+    assert multihost.gather_results(lambda: "x") == ["x"]
+    with pytest.raises(ZeroDivisionError):  # on one process the error itself propagates
+        multihost.gather_results(lambda: 1 / 0)
 
 
-def test_shard_metrics_merge_counts_by_sum_and_shares_by_items():
-    reward = compose.build({"math": 1.0, "format": 0.5})
+def test_shard_metrics_merge_like_one_batch():
+    from rewards.code import CodeReward
+
+    reward = compose.build({"math": 1.0})
 
     class Shares:  # a component whose metrics are shares of the items it scored
         def metrics(self):
             return {}
 
-    reward.components.append(compose.Component(name="code", fn=Shares(), weight=0.0, batched=False))
-    merged = reward.merge_metrics([
-        (3, {"reward/math/timeouts": 1, "reward/code/no_program": 1 / 3}),
-        (1, {"reward/math/timeouts": 2, "reward/code/no_program": 1.0}),
+    class Code:  # the code reward's own merge: statuses are shares of tests, not of items
+        merge_metrics = staticmethod(CodeReward.merge_metrics)
+
+    reward.components += [compose.Component(name="fmt", fn=Shares(), weight=0.0, batched=False),
+                          compose.Component(name="code", fn=Code(), weight=0.0, batched=True)]
+    none = {f"reward/code/{s}": 0.0 for s in ("fail", "timeout", "runtime_error", "memory", "output_limit")}
+    merged = reward.merge_metrics([  # host 0: 3 items, 20 tests all passed; host 1: 1 item, no program
+        (3, {"reward/math/timeouts": 1, "reward/fmt/x": 1 / 3, "reward/code/no_program": 0.0,
+             "reward/code/tests": 20, "reward/code/pass": 1.0, **none}),
+        (1, {"reward/math/timeouts": 2, "reward/fmt/x": 1.0, "reward/code/no_program": 1.0,
+             "reward/code/tests": 0, "reward/code/pass": 0.0, **none}),
     ])
-    assert merged == {"reward/math/timeouts": 3, "reward/code/no_program": pytest.approx(0.5)}
+    assert merged["reward/math/timeouts"] == 3  # counts add up
+    assert merged["reward/fmt/x"] == pytest.approx(0.5)  # (1 + 1) of 4 items
+    assert merged["reward/code/no_program"] == pytest.approx(0.25)  # 1 of 4 items
+    assert merged["reward/code/pass"] == 1.0 and merged["reward/code/tests"] == 20  # 20 of 20 tests
+    assert merged["reward/code/fail"] == 0.0
 
 
 def test_sharded_reward_on_one_process_is_the_reward():
@@ -159,11 +175,24 @@ def test_local_launcher_stops_the_others_and_returns_the_failure(tmp_path):
     assert "process 1 exited with status 3" in proc.stderr and "boom" in proc.stderr
 
 
+def test_two_real_processes_gather_shard_rewards_and_fail_together(tmp_path):
+    """2 processes x 2 CPU devices on loopback: gathers in process order, each host scores only its shard,
+    an error on one host is raised on both, a non-shared checkpoint directory is refused on both, and a
+    batch-sharded array comes back whole (the checks are in tests/multihost_worker.py)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/local.py"), "--processes", "2", "--cpu-devices", "2",
+                           "--log-dir", str(tmp_path / "logs"), "--", sys.executable,
+                           str(ROOT / "tests/multihost_worker.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ok 0" in proc.stdout.splitlines()
+    assert "ok 1" in (tmp_path / "logs/process_1.log").read_text().splitlines()
+
+
 # ---- 2 processes = 1 process ----------------------------------------------------------------------------
 
 TRAIN = ["quant", "train", f"--config={ROOT}/configs/tiny_arith.py:smoke", "--no-progress",
-         "--config.eval.datasets=()", "--config.checkpoint_every=1", "--config.rollout.max_new_tokens=24",
-         "--config.rollout.dynamic_sampling=False"]
+         "--config.eval.datasets=()", "--config.checkpoint_every=1", "--config.rollout.max_new_tokens=24"]
+# (the smoke config samples with dynamic sampling, up to 2 rounds a step: gathers in a data-dependent loop)
 
 
 def _train(workdir: Path, processes: int, *overrides: str) -> None:
@@ -248,6 +277,50 @@ def test_tpu_launcher_dry_run_prints_the_gcloud_commands(capsys):
     assert "kill -TERM -- -$(cat ~/quant/train.pid)" in capsys.readouterr().out
 
 
+def test_tpu_worker_start_returns_at_once_and_stop_ends_the_job(tmp_path):
+    """The start/stop lines the TPU launcher sends to each worker, run here by bash in a fake home:
+    start returns while the job runs (ssh would otherwise wait for the whole job), the recorded pid leads
+    the job's process group, stop ends it; a job that finishes leaves its exit status and log."""
+    import time
+
+    home = tmp_path / "home"
+    (home / "quant").mkdir(parents=True)
+    env = dict(os.environ, HOME=str(home))
+    t0 = time.monotonic()
+    subprocess.run(["bash", "-c", tpu_launch.start_command([sys.executable, "-c", "import time; time.sleep(60)"])],
+                   env=env, check=True, timeout=20, stdin=subprocess.DEVNULL, capture_output=True)
+    assert time.monotonic() - t0 < 10
+    pid = int((home / "quant/train.pid").read_text())
+    try:
+        time.sleep(0.5)
+        assert os.getpgid(pid) == pid  # a group leader: stop can signal the whole job
+        out = subprocess.run(["bash", "-c", tpu_launch.stop_command()], env=env, capture_output=True, text=True,
+                             timeout=20).stdout
+        assert out.strip() == "stopped"
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the job survived stop")
+    finally:
+        try:
+            os.killpg(pid, 9)  # our own job's group, if stop failed
+        except (ProcessLookupError, PermissionError):
+            pass
+    if not Path(f"/proc/{pid}").exists():  # (a zombie nobody reaps in a container still takes signals)
+        assert "no running job" in subprocess.run(["bash", "-c", tpu_launch.stop_command()], env=env,
+                                                  capture_output=True, text=True, timeout=20).stdout
+    subprocess.run(["bash", "-c", tpu_launch.start_command(["bash", "-c", "echo hello; exit 3"])], env=env,
+                   check=True, timeout=20, stdin=subprocess.DEVNULL, capture_output=True)
+    for _ in range(100):
+        if (home / "quant/train.status").exists():
+            break
+        time.sleep(0.1)
+    assert (home / "quant/train.status").read_text().strip() == "3"
+    assert (home / "quant/train.log").read_text().strip() == "hello"
+
+
 def test_slurm_launcher_dry_run_prints_the_batch_script(capsys):
     status = slurm_launch.main(["--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--dry-run", "--",
                                 "quant", "train", "--config", "configs/gsm8k_qwen_math.py",
@@ -260,6 +333,6 @@ def test_slurm_launcher_dry_run_prints_the_batch_script(capsys):
                  'export QUANT_NUM_PROCESSES="$SLURM_NNODES"']:
         assert line in out.splitlines()
     srun = next(line for line in out.splitlines() if line.startswith("srun "))
-    assert srun.startswith("srun --kill-on-bad-exit=1 bash -c ")
+    assert srun.startswith('srun --cpus-per-task="$SLURM_CPUS_PER_TASK" --kill-on-bad-exit=1 bash -c ')
     assert "QUANT_PROCESS_ID=$SLURM_PROCID" in srun and "python3 -m grpo.cli train" in srun
     assert out.splitlines()[-1] == f"+ sbatch {ROOT}/runs/slurm/quant.sbatch"
