@@ -33,8 +33,12 @@ from models.sharding import constrain
 from models.transformer import _NEG_INF, Transformer, apply_rope, rms_norm, rope_tables
 
 
-def decode_weights(model: Transformer) -> dict[str, Any]:
-    """Per-layer, fused weights in the compute dtype (call inside the jitted sampler, outside its loop)."""
+def decode_weights(model: Transformer, max_position: int) -> dict[str, Any]:
+    """Per-layer, fused weights in the compute dtype and RoPE tables for positions [0, max_position).
+
+    Call inside the jitted sampler, outside its loop. The RoPE table is looked up per step: XLA fuses the
+    sin/cos of `rope_tables` into every consumer, recomputing them per element.
+    """
     cfg = model.cfg
     dtype = cfg.compute_dtype
     w = model.layers.weights()
@@ -56,7 +60,9 @@ def decode_weights(model: Transformer) -> dict[str, Any]:
         layers.append(layer)
     embed = model.embed[...]
     head_dv = embed.T if cfg.tie_embeddings else model.lm_head[...]
-    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype), final_norm=model.final_norm[...])
+    cos_pe, sin_pe = rope_tables(cfg, jnp.arange(max_position)[None])
+    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype), final_norm=model.final_norm[...],
+                rope_cos_pe=cos_pe[0], rope_sin_pe=sin_pe[0])
 
 
 @flax.struct.dataclass
@@ -110,7 +116,7 @@ def decode_step(cfg: ModelConfig, w: dict[str, Any], cache: DecodeCache, tokens_
     h, k, e = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = h // k
     x_nd = constrain(jnp.take(w["embed_vd"], tokens_n, axis=0).astype(dtype), ("batch", None))
-    cos, sin = rope_tables(cfg, positions_n[:, None])  # (n, 1, e/2)
+    cos, sin = (jnp.take(w[name], positions_n, axis=0)[:, None] for name in ("rope_cos_pe", "rope_sin_pe"))
     allowed_s = jnp.arange(cache.length) <= slot
     ks, vs = list(cache.k), list(cache.v)
     for i, lw in enumerate(w["layers"]):

@@ -150,7 +150,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
                           return_hidden=True)
     logits = model.logits(hidden[:, -1])
     cache = init_cache(cache.k, cache.v, prompt_mask, n, ends[0])
-    weights = decode_weights(model)
+    weights = decode_weights(model, p + t_max)
 
     # Row i samples from prompt i // G.
     rep = lambda x: jnp.repeat(x, group_size, axis=0)
