@@ -145,24 +145,32 @@ def _attention(q_nkge: jax.Array, pk_bkep: jax.Array, pv_bkpe: jax.Array, pmask_
                k_nkes: jax.Array, v_nkse: jax.Array, allowed_s: jax.Array) -> jax.Array:
     """Softmax attention of one query per sequence over its prompt's keys and its decode keys, in float32.
 
-    The prompt keys are shared by the G = n / b consecutive rows of each prompt. Both score blocks share
-    one max and one normaliser (a softmax over their concatenation, without building it).
-    Products are written as multiply-reduce over a non-minor axis: XLA:CPU streams the cache through
-    them about 2x faster than through batched dots with g rows at large n.
+    The prompt keys are shared by the G = n / b consecutive rows of each prompt: their G * g queries are
+    one matrix against them. Both score blocks share one max and one normaliser (a softmax over their
+    concatenation, without building it). Products are written as multiply-reduce over a non-minor axis,
+    which XLA:CPU runs as one streaming pass over the cache (about 2x faster than batched dots at large n).
     """
     n, k, g, e = q_nkge.shape
     b = pk_bkep.shape[0]
+    gg = n // b * g
     f32 = lambda x: x.astype(jnp.float32)
-    q_nkge = f32(q_nkge) * np.float32(1.0 / np.sqrt(e))
-    q_bGkge = q_nkge.reshape(b, n // b, k, g, e)
-    s_prompt = (q_bGkge[..., None] * f32(pk_bkep)[:, None, :, None]).sum(-2)  # (b, G, k, g, P)
-    s_prompt = jnp.where(pmask_bp[:, None, None, None, :], s_prompt, _NEG_INF)
-    s_decode = (q_nkge[..., None] * f32(k_nkes)[:, :, None]).sum(-2)  # (n, k, g, S)
-    s_decode = jnp.where(allowed_s, s_decode, _NEG_INF)
-    m_nkg = jnp.maximum(s_prompt.max(-1).reshape(n, k, g), s_decode.max(-1))
-    p_prompt = jnp.exp(s_prompt - m_nkg.reshape(b, n // b, k, g)[..., None])
-    p_decode = jnp.exp(s_decode - m_nkg[..., None])
-    denom = p_prompt.sum(-1).reshape(n, k, g) + p_decode.sum(-1)
-    o = (p_prompt[..., None] * f32(pv_bkpe)[:, None, :, None]).sum(-2).reshape(n, k, g, e)
-    o = o + (p_decode[..., None] * f32(v_nkse)[:, :, None]).sum(-2)
-    return o / denom[..., None]
+    scale = np.float32(1.0 / np.sqrt(e))
+    q_nkge = f32(q_nkge)
+    # (b, G, k, g, e) -> (b, k, G * g, e). The scale goes on the prompt scores but on the decode queries:
+    # with G = 1 and P = S the two products would otherwise share one broadcast of q, which XLA then
+    # materialises (10x slower).
+    q_bkme = q_nkge.reshape(b, n // b, k, g, e).transpose(0, 2, 1, 3, 4).reshape(b, k, gg, e)
+    s_bkmp = (q_bkme[..., None] * f32(pk_bkep)[:, :, None]).sum(-2) * scale
+    s_bkmp = jnp.where(pmask_bp[:, None, None, :], s_bkmp, _NEG_INF)
+    s_nkgs = ((q_nkge * scale)[..., None] * f32(k_nkes)[:, :, None]).sum(-2)
+    s_nkgs = jnp.where(allowed_s, s_nkgs, _NEG_INF)
+    to_rows = lambda x_bkm: x_bkm.reshape(b, k, n // b, g, *x_bkm.shape[3:]).swapaxes(1, 2).reshape(
+        n, k, g, *x_bkm.shape[3:])
+    m_nkg = jnp.maximum(to_rows(s_bkmp.max(-1)), s_nkgs.max(-1))
+    m_bkm = m_nkg.reshape(b, n // b, k, g).transpose(0, 2, 1, 3).reshape(b, k, gg)
+    p_bkmp = jnp.exp(s_bkmp - m_bkm[..., None])
+    p_nkgs = jnp.exp(s_nkgs - m_nkg[..., None])
+    denom = to_rows(p_bkmp.sum(-1)) + p_nkgs.sum(-1)
+    o_bkme = (p_bkmp[..., None] * f32(pv_bkpe)[:, :, None]).sum(-2)
+    o_nkge = to_rows(o_bkme) + (p_nkgs[..., None] * f32(v_nkse)[:, :, None]).sum(-2)
+    return o_nkge / denom[..., None]
