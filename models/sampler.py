@@ -1,9 +1,9 @@
 """Batched KV-cache sampling: B prompts x G completions each, the whole decode loop in one jit.
 
-Each prompt is prefilled once; its cache is then repeated G times, and one `lax.while_loop` draws a token
-for every sequence per iteration, stopping as soon as all sequences are done. Shapes are static: prompts
-are left-padded to a length bucket and the batch to a fixed size, so one compiled program serves every
-step of training.
+Each prompt is prefilled once and its keys/values are shared by its G samples; `lax.while_loop`s then
+draw a token for every sequence per iteration (the decode step of models/decode.py), stopping as soon as
+all sequences are done. Shapes are static: prompts are left-padded to a length bucket and the batch to a
+fixed size, so one compiled program serves every step of training.
 
 Per token it returns the log-probability under the policy at temperature 1 (what the GRPO loss needs)
 and under the distribution actually sampled from (temperature, top-k, top-p).
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.sharding import constrain, param_shardings, shard_batch, to_host
+from models.decode import decode_step, decode_weights, init_cache
+from models.sharding import param_shardings, shard_batch, to_host
 from models.transformer import KVCache, Transformer
 
 # finish codes
@@ -137,21 +138,23 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
     model: Transformer = nnx.merge(graphdef, params)
     b, p = prompt_tokens.shape
     n, t_max = b * group_size, cfg.max_new_tokens
-    s = p + t_max
     prompt_len = prompt_mask.sum(-1).astype(jnp.int32)
+    # Decode segments end at these steps; the decode cache grows segment by segment, so attention reads
+    # about the live context rather than all max_new_tokens slots from the first step.
+    ends = sorted({min(t_max, -(-t_max * (j + 1) // num_segments)) for j in range(num_segments)})
 
-    # Prefill the B prompts once; only the last position's logits are needed.
-    kv_mask = jnp.zeros((b, s), bool).at[:, :p].set(prompt_mask)
+    # Prefill the B prompts once; only the last position's logits are needed. Their keys/values stay
+    # shared by the G samples of each prompt.
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-    cache = KVCache.zeros(model.cfg, b, s)
-    hidden, cache = model(prompt_tokens, positions, kv_mask, cache, 0, return_hidden=True)
+    hidden, cache = model(prompt_tokens, positions, prompt_mask, KVCache.zeros(model.cfg, b, p), 0,
+                          return_hidden=True)
     logits = model.logits(hidden[:, -1])
+    cache = init_cache(cache.k, cache.v, prompt_mask, n, ends[0])
+    weights = decode_weights(model, p + t_max)
 
-    # Share each prompt's cache with its G samples: row i belongs to prompt i // G.
-    rep = lambda x, axis=0: jnp.repeat(x, group_size, axis=axis)
-    cache = KVCache(k=constrain(rep(cache.k, 1), (None, "batch", "kv_heads", None, None)),
-                    v=constrain(rep(cache.v, 1), (None, "batch", "kv_heads", None, None)))
-    kv_mask, logits, prompt_len, in_think = rep(kv_mask), rep(logits), rep(prompt_len), rep(in_think)
+    # Row i samples from prompt i // G.
+    rep = lambda x: jnp.repeat(x, group_size, axis=0)
+    logits, prompt_len, in_think = rep(logits), rep(prompt_len), rep(in_think)
 
     width = max([len(x) for x in cfg.stop_token_seqs] + [1])
     stop_table, stop_valid = _suffix_table(cfg.stop_token_seqs, width)
@@ -161,7 +164,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
 
     zeros_i = jnp.zeros((n,), jnp.int32)
     state = dict(
-        t=jnp.int32(0), logits=logits, cache=cache, kv_mask=kv_mask,
+        t=jnp.int32(0), logits=logits, cache=cache,
         tokens=jnp.full((n, t_max), cfg.pad_id, jnp.int32), logp=jnp.zeros((n, t_max)),
         logp_sample=jnp.zeros((n, t_max)), forced=jnp.zeros((n, t_max), bool),
         done=jnp.zeros((n,), bool), finish=zeros_i, lengths=zeros_i, think_len=zeros_i, in_think=in_think,
@@ -169,7 +172,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
         budget_forced=jnp.zeros((n,), bool), window=jnp.full((n, width), -1, jnp.int32),
     )
 
-    def body(st, kv_limit):
+    def body(st):
         t, active = st["t"], ~st["done"]
         logits = st["logits"]
         policy_logp = jax.nn.log_softmax(logits, axis=-1)
@@ -211,12 +214,10 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
 
         tokens = st["tokens"].at[:, t].set(tok)
         upd = lambda arr, v: arr.at[:, t].set(jnp.where(active, v, jnp.zeros_like(v)))
-        # Feed the token: it sits at cache slot p + t with RoPE position prompt_len + t.
-        kv_mask = st["kv_mask"].at[:, p + t].set(True)
-        hidden, cache = model(tok[:, None], (prompt_len + t)[:, None], kv_mask, st["cache"], p + t,
-                              return_hidden=True, kv_limit=kv_limit)
+        # Feed the token: decode slot t, RoPE position prompt_len + t.
+        logits, cache = decode_step(model.cfg, weights, st["cache"], tok, prompt_len + t, t)
         return dict(
-            t=t + 1, logits=model.logits(hidden[:, 0]), cache=cache, kv_mask=kv_mask, tokens=tokens,
+            t=t + 1, logits=logits, cache=cache, tokens=tokens,
             logp=upd(st["logp"], tok_logp), logp_sample=upd(st["logp_sample"], sample_logp),
             forced=upd(st["forced"], is_forced), done=done, finish=finish,
             lengths=st["lengths"] + active, think_len=think_len, in_think=in_think,
@@ -224,13 +225,10 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
             waits_left=st["waits_left"] - (active & start_wait),
             budget_forced=st["budget_forced"] | (active & start_budget), window=window)
 
-    # Decode in segments: segment j attends only to the slots that can be live by its last step, so the
-    # attention (bound by reading the cache) costs what the live context costs, not the whole cache.
     st = state
-    bounds = sorted({min(t_max, -(-t_max * (j + 1) // num_segments)) for j in range(num_segments)})
-    for end in bounds:
-        st = jax.lax.while_loop(lambda st, end=end: (st["t"] < end) & ~jnp.all(st["done"]),
-                                functools.partial(body, kv_limit=p + end), st)
+    for end in ends:
+        st = dict(st, cache=st["cache"].grow(end))
+        st = jax.lax.while_loop(lambda st, end=end: (st["t"] < end) & ~jnp.all(st["done"]), body, st)
     mask = jnp.arange(t_max)[None, :] < st["lengths"][:, None]
     return SampleOutput(tokens=st["tokens"], logp=st["logp"], logp_sample=st["logp_sample"], mask=mask,
                         forced=st["forced"] & mask, lengths=st["lengths"], think_lengths=st["think_len"],

@@ -96,7 +96,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, kv_mask_bs: jax.Array,
                  cache: KVCache | None = None, cache_index: jax.Array | int = 0,
-                 return_hidden: bool = False, kv_limit: int | None = None):
+                 return_hidden: bool = False):
         """Runs the decoder.
 
         Args:
@@ -108,8 +108,6 @@ class Transformer(nnx.Module):
           cache_index: first slot of this chunk (scalar; traced values are fine).
           return_hidden: return the final normed hidden states (b, t, d) instead of logits (the sampler
             and the loss then project only the positions they need).
-          kv_limit: static; attend only to cache slots [0, kv_limit) (the sampler knows later slots are
-            still empty, and decode attention is bound by reading the cache).
 
         Returns:
           (logits_btv float32 or hidden_btd, updated cache or None).
@@ -129,9 +127,8 @@ class Transformer(nnx.Module):
             # updates the cache in place instead of copying it per layer.
             chunk_valid_bt = jax.lax.dynamic_slice_in_dim(kv_mask_bs, cache_index, t, axis=1)
             chunk_allowed_btt = causal_tt[None] & chunk_valid_bt[:, None, :]
-            limit = cache.length if kv_limit is None else kv_limit
-            slots_s = jnp.arange(limit)
-            cache_allowed_bts = ((slots_s < cache_index)[None, None, :] & kv_mask_bs[:, None, :limit])
+            slots_s = jnp.arange(cache.length)
+            cache_allowed_bts = (slots_s < cache_index)[None, None, :] & kv_mask_bs[:, None, :]
 
         def layer(x_btd, w_and_cache):
             w, ck_bkes, cv_bkse = w_and_cache
@@ -148,8 +145,7 @@ class Transformer(nnx.Module):
             v_bkte = v_btke.transpose(0, 2, 1, 3)
             parts = [(k_bkte.transpose(0, 1, 3, 2), v_bkte, chunk_allowed_btt)]
             if ck_bkes is not None:
-                parts.insert(0, (ck_bkes[..., :limit].astype(dtype), cv_bkse[:, :, :limit].astype(dtype),
-                                 cache_allowed_bts))
+                parts.insert(0, (ck_bkes.astype(dtype), cv_bkse.astype(dtype), cache_allowed_bts))
             o_bthe = attention(q_bthe, parts)
             x_btd = x_btd + _dense(o_bthe, w["wo"], dtype, in_dims=2)
             h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps)

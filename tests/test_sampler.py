@@ -171,13 +171,26 @@ def test_no_recompilation_within_a_bucket(sampler):
     assert bucket_length(3) == 16 and bucket_length(17) == 32 and bucket_length(300) == 512
 
 
+NUCLEUS = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, pad_id=0)
+
+
+def test_shared_prompt_cache_equals_one_copy_per_sample(sampler):
+    """G samples read one copy of their prompt's keys/values; the same prompts repeated G times with
+    G = 1 (a copy per row) give the same draws: row b * G + g sees the same noise either way."""
+    shared = sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+    repeated = sampler.sample([p for p in PROMPTS + [[3, 4]] for _ in range(2)], NUCLEUS, group_size=1, seed=7)
+    assert len({tuple(r) for r in shared.tokens[:2]}) == 2  # the two samples of prompt 0 differ
+    np.testing.assert_array_equal(shared.tokens, repeated.tokens)
+    np.testing.assert_allclose(shared.logp, repeated.logp, atol=1e-5)
+    np.testing.assert_allclose(shared.logp_sample, repeated.logp_sample, atol=1e-5)
+
+
 def test_mesh_samples_equal_single_device(model, sampler):
     mesh_sampler = Sampler(model, mesh=make_mesh((2, 2, 2)))
     leaf = mesh_sampler.params["layers"]["wq"]
     assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
-    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, pad_id=0)
-    a = sampler.sample(PROMPTS + [[3, 4]], cfg, group_size=2, seed=7)
-    b = mesh_sampler.sample(PROMPTS + [[3, 4]], cfg, group_size=2, seed=7)
+    a = sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+    b = mesh_sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
     assert len(b.device.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.logp, b.logp, atol=1e-5)
