@@ -194,10 +194,6 @@ class ShardedReward:
         self.fn = reward_fn
         self._metrics: dict[str, float] = {}
 
-    @property
-    def names(self) -> list[str]:
-        return self.fn.names
-
     def __call__(self, completions: Sequence[str], samples: Sequence[dict]):
         if jax.process_count() == 1:
             total, parts = self.fn(completions, samples)
@@ -217,7 +213,3 @@ class ShardedReward:
 
     def metrics(self) -> dict[str, float]:
         return dict(self._metrics)
-
-    def close(self) -> None:
-        if hasattr(self.fn, "close"):
-            self.fn.close()

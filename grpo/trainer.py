@@ -347,7 +347,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     from grpo import multihost
     from grpo.rollout import collect
     from models.sampler import Sampler
-    from models.sharding import make_mesh, shard_batch
+    from models.sharding import make_mesh, put, shard_batch
     from rewards import compose
 
     config_lib.validate(cfg, jax.device_count())
@@ -438,8 +438,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
         t1 = time.perf_counter()
         state, per_update = update(state, rollout.batch)                         # device
         # host scalars -> global replicated arrays (checkpoints need every leaf global on every host)
-        state = state.replace(step=jax.device_put(np.int32(step + 1), replicated),
-                              data_pos=jax.device_put(np.int32(stream.pos), replicated))
+        state = state.replace(step=put(np.int32(step + 1), replicated), data_pos=put(np.int32(stream.pos), replicated))
         done, metrics = step + 1, {}
         if done % cfg.log_every == 0 or done == cfg.total_steps:
             per_update = jax.device_get(per_update)  # the only device -> host sync of the step

@@ -133,9 +133,21 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
     return named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1), shape)
 
 
+def put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A host value placed with `sharding`; each process copies only its own shards.
+
+    On several processes every process must hold the same value (the trainer gathers host work before
+    it reaches the devices). `jax.device_put` would check that with a cross-host all-gather on every call.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def shard_batch(mesh: Mesh, tree: Any) -> Any:
     """Places host arrays on the mesh, leading dimension over ('data', 'fsdp')."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.shape(x))), tree)
+    return jax.tree.map(lambda x: put(x, batch_sharding(mesh, np.shape(x))), tree)
 
 
 def to_host(x: jax.Array) -> np.ndarray:
