@@ -5,6 +5,8 @@
 Setting (issue 3): prompts of 32 tokens, 128 new tokens forced (no early stop), temperature 1, f32;
 the reference tiny model (Qwen2 layout, vocab 64, hidden 256, 4 layers, ~3.2M parameters) at batch
 1 / 16 / 64 / 256 and a ~100M-parameter config at batch 1 / 16. torch runs with 2 threads.
+Ours runs as `quant` does: one JAX CPU device per core (`use_cpu_cores`), the batch split over them
+(a batch they do not divide, such as 1, runs on one device); "1 device" is always on one device.
 Achieved FLOP/s counts 2 x matmul params per token plus attention over the live context.
 With --group G, a second table has the GRPO setting: batch / G distinct prompts with G samples each
 (ours shares each prompt's keys/values among its G samples; generate gets num_return_sequences=G).
@@ -21,6 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+from models.sharding import make_mesh, use_cpu_cores  # noqa: E402
+
+use_cpu_cores()
 
 from bench.common import matmul_peak_flops, print_table, timeit  # noqa: E402
 from models import hf  # noqa: E402
@@ -55,7 +61,8 @@ def main():
     parser.add_argument("--group", type=int, default=0, help="also the GRPO setting: G samples per prompt")
     args = parser.parse_args()
     peak = matmul_peak_flops()
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (f32)\n")
+    mesh = make_mesh((1, -1, 1))
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (f32); {jax.device_count()} CPU devices\n")
     settings = [("tiny", [1, 16, 64, 256])] + ([] if args.quick else [("bench_100m", [1, 16])])
     groups = [1] + ([args.group] if args.group > 1 else [])
     rows = {g: [] for g in groups}
@@ -64,22 +71,24 @@ def main():
         model = init_model(cfg, seed=0)
         path = tempfile.mkdtemp()
         hf.save(model, path)
-        sampler = Sampler(model)
+        samplers = {"mesh": Sampler(model, mesh=mesh), "1 device": Sampler(model)}
         scfg = SamplingConfig(max_new_tokens=NEW, temperature=1.0, eos_ids=(), pad_id=0)
         flops_tok = cfg.flops_per_token(context=PROMPT + NEW // 2)
         for g in groups:
             for b in [b for b in batches if b % g == 0]:
                 prompts = np.random.RandomState(b).randint(0, cfg.vocab_size, (b // g, PROMPT)).tolist()
-                run = lambda: jax.block_until_ready(
-                    sampler.sample(prompts, scfg, group_size=g, seed=1, decode=False).tokens)
-                ours = b * NEW / timeit(run, warmup=1, min_time=3.0, min_iters=2)
+                speed = {k: b * NEW / timeit(lambda s=s: jax.block_until_ready(
+                    s.sample(prompts, scfg, group_size=g, seed=1, decode=False).tokens), min_time=3.0, min_iters=2)
+                    for k, s in samplers.items() if k != "mesh" or b % jax.device_count() == 0}
+                ours, one = speed.get("mesh", speed["1 device"]), speed["1 device"]
                 theirs = hf_generate_tokens_per_s(path, b, cfg.vocab_size, g)
-                rows[g].append([name, b, f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}x",
+                rows[g].append([name, b, f"{ours:,.0f}", f"{one:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}x",
                                 f"{ours * flops_tok / peak:.0%}"])
                 print(f"G={g}", *rows[g][-1], flush=True)
     for g in groups:
         print(f"\nG = {g} sample{'s' if g > 1 else ''} per prompt (batch = prompts x G)")
-        print_table(["model", "batch", "ours tok/s", "generate tok/s", "ratio", "of matmul peak"], rows[g])
+        print_table(["model", "batch", "ours tok/s", "1 device", "generate tok/s", "ratio", "of matmul peak"],
+                    rows[g])
 
 
 if __name__ == "__main__":

@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or (overrides and not getattr(args, "takes_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
     from grpo import multihost
+    from models.sharding import use_cpu_cores
     try:
+        use_cpu_cores()  # on a CPU host, a JAX device per core (QUANT_CPU_DEVICES overrides)
         if args.command in ("train", "eval"):  # the commands that run on several hosts together
             _start_processes()
         if getattr(args, "takes_overrides", False):

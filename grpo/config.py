@@ -51,7 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
                                             num_rows=50_000))  # rows drawn from generated sets (arith)
     c.rollout = ml_collections.ConfigDict(dict(
         group_size=8, max_new_tokens=512, temperature=1.0, top_p=1.0, top_k=0, think_budget=0,
-        stop=(), dynamic_sampling=False, max_sampling_rounds=3, mask_truncated=False))
+        stop=(), dynamic_sampling=False, max_sampling_rounds=3, mask_truncated=False,
+        # decode with the weights gathered over ('data', 'fsdp') once per rollout (split over 'tensor'
+        # only); False keeps them FSDP-sharded, for models that do not fit one device (slower: every
+        # token all-gathers them)
+        gather_weights=True))
     c.rl = ml_collections.ConfigDict(dict(
         advantage="grpo", std_scale="group", loss_agg="seq_mean_token_mean", eps_low=0.2, eps_high=0.2,
         dual_clip=0.0, ratio_level="token", beta=0.04, kl_estimator="k3", norm_constant=0.0,

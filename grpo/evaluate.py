@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from grpo.data.rows import DataError, parse_jsonl
-from rewards.math import extract_answer, verify_batch
+from rewards.math import VerifyStats, extract_answer, verify_batch
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,27 @@ def majority_vote(answers: Sequence[str | None], equal_fn: Callable[[str, str], 
 
 def equal_answers(pairs: Sequence[tuple[str, str]]) -> list[bool]:
     """For (a, b) pairs of final answers, whether b equals a by `rewards.math` (a plays the gold answer)."""
-    return verify_batch([f"\\boxed{{{b}}}" for _, b in pairs], [a for a, _ in pairs])
+    return _verify_shared([f"\\boxed{{{b}}}" for _, b in pairs], [a for a, _ in pairs])[0]
+
+
+def _verify_shared(texts: Sequence[str], golds: Sequence[str]) -> tuple[list[bool], VerifyStats]:
+    """`verify_batch` with stats. In a multi-process run each process verifies its contiguous share of
+    the items and every process gets all verdicts (the completions are the same on every host)."""
+    from grpo import multihost
+
+    if not multihost.started():
+        return verify_batch(texts, golds, return_stats=True)
+    lo, hi = multihost.shard_range(len(texts))
+
+    def part():
+        ok, stats = verify_batch(texts[lo:hi], golds[lo:hi], return_stats=True)
+        return ok, stats.as_dict()
+
+    verdicts, total = [], VerifyStats()
+    for ok, stats in multihost.gather_results(part):
+        verdicts += ok
+        total.add(VerifyStats(**stats))
+    return verdicts, total
 
 
 def split_thinking(text: str, opened: bool = False) -> tuple[str, str]:
@@ -202,7 +222,7 @@ def score_completions(problems: Sequence[Mapping[str, Any]], completions: Mappin
     # Verdicts and final answers of every sample.
     texts = [s.text for g in groups for s in g]
     golds = [p["answer"] for p, g in zip(problems, groups) for _ in g]
-    flat_correct, stats = verify_batch(texts, golds, return_stats=True)
+    flat_correct, stats = _verify_shared(texts, golds)
     flat_answers = [extract_answer(t) for t in texts]
     flat_answers = [a.strip() if a is not None and a.strip() else None for a in flat_answers]
 
@@ -314,7 +334,7 @@ def write_completions(path: str | Path, problems: Sequence[Mapping[str, Any]],
 def generate_completions(model, tokenizer, problems: Sequence[Mapping[str, Any]], *, samples: int,
                          temperature: float, top_p: float, max_new_tokens: int, top_k: int = 0,
                          template: str | None = None, seed: int = 0, mesh=None, batch_size: int | None = None,
-                         sampler=None) -> dict[str, list[Sample]]:
+                         sampler=None, gather_weights: bool = True) -> dict[str, list[Sample]]:
     """K completions per problem from the sampler: each batch of prompts is one `Sampler.sample` call
     with group_size K (rows b*K ... b*K+K-1 belong to prompt b).
 
@@ -329,6 +349,8 @@ def generate_completions(model, tokenizer, problems: Sequence[Mapping[str, Any]]
       batch_size: prompts per call (default: 64 // K, at least 1), rounded up to fill the mesh's batch axes;
         the last batch is padded, so one program is compiled.
       sampler: an existing `models.sampler.Sampler` (the trainer's), instead of building one from `model`.
+      gather_weights: for a new sampler: decode with the weights gathered over the batch axes (False: kept
+        FSDP-sharded, for a model that does not fit one device).
     """
     import jax
 
@@ -340,7 +362,7 @@ def generate_completions(model, tokenizer, problems: Sequence[Mapping[str, Any]]
                          "they do not belong together")
     template = template or default_template(tokenizer)
     prompts = [render_prompt(p["problem"], template, tokenizer) for p in problems]
-    sampler = sampler or Sampler(model, tokenizer, mesh)
+    sampler = sampler or Sampler(model, tokenizer, mesh, gather_weights=gather_weights)
     cfg = sampler.config(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     batch_size = batch_size or max(1, 64 // samples)
     if sampler.mesh is not None:  # prompts are sharded over ('data', 'fsdp')
@@ -429,6 +451,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                       "tokenizer has one, else r1)")
     p.add_argument("--batch-size", type=int, help="prompts per sampler call, each with K samples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-weights", action="store_true",
+                   help="decode with FSDP-sharded weights (slower), for a model that does not fit one device")
     p.add_argument("--tokenizer", help="with --completions: count tokens with this tokenizer directory")
     p.add_argument("--save-completions", help="with --model: also write the completions as JSONL")
     p.add_argument("--out", help="write the report (JSON) here")
@@ -494,7 +518,8 @@ def _eval_model(args: argparse.Namespace, dataset: str, problems: list[dict]) ->
     if settings["template"] is None:
         from grpo.data.prompts import default_template
         settings["template"] = default_template(tokenizer)
-    completions = generate_completions(model, tokenizer, problems, mesh=mesh, batch_size=args.batch_size, **settings)
+    completions = generate_completions(model, tokenizer, problems, mesh=mesh, batch_size=args.batch_size,
+                                       gather_weights=not args.shard_weights, **settings)
     import jax
     if args.save_completions and jax.process_index() == 0:
         write_completions(args.save_completions, problems, completions)

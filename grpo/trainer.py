@@ -366,7 +366,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, data_rows=None, progres
     if data_rows is None:
         data_rows = training_rows(cfg)
     reward_fn = multihost.ShardedReward(compose.build(cfg.rewards))  # each host scores its shard
-    sampler = Sampler(model, tok, mesh)
+    sampler = Sampler(model, tok, mesh, gather_weights=cfg.rollout.gather_weights)
     ro = cfg.rollout
     scfg = sampler.config(max_new_tokens=ro.max_new_tokens, temperature=ro.temperature, top_k=ro.top_k,
                           top_p=ro.top_p, stop=tuple(ro.stop), think_budget=ro.think_budget)

@@ -33,14 +33,19 @@ from models.sharding import constrain
 from models.transformer import _NEG_INF, Transformer, apply_rope, rms_norm, rope_tables
 
 
-def decode_weights(model: Transformer, max_position: int) -> dict[str, Any]:
+def decode_weights(model: Transformer, max_position: int, gather: bool = True) -> dict[str, Any]:
     """Per-layer, fused weights in the compute dtype and RoPE tables for positions [0, max_position).
 
     Call inside the jitted sampler, outside its loop. The RoPE table is looked up per step: XLA fuses the
     sin/cos of `rope_tables` into every consumer, recomputing them per element.
+
+    gather: lay the weights out for data-parallel decoding: gathered over the batch axes ('data', 'fsdp')
+      once here and split over 'tensor' only. False keeps their FSDP layout (a device holds 1/fsdp of
+      each weight), for models whose weights do not fit a device: then every token all-gathers them.
     """
     cfg = model.cfg
     dtype = cfg.compute_dtype
+    lay = lambda x, *names: constrain(x, [None if gather and n == "embed" else n for n in names])
     w = model.layers.weights()
     l, d, h, k, e = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     qkv = jnp.concatenate([w["wq"].reshape(l, d, k, h // k, e), w["wk"][:, :, :, None], w["wv"][:, :, :, None]],
@@ -49,19 +54,20 @@ def decode_weights(model: Transformer, max_position: int) -> dict[str, Any]:
     layers = []
     for i in range(l):
         layer = dict(
-            attn_norm=w["attn_norm"][i], mlp_norm=w["mlp_norm"][i],
-            qkv_dkce=constrain(qkv[i], ("embed", "kv_heads", None, "head_dim")),
-            wo_hed=w["wo"][i].astype(dtype),
-            gate_up_d2f=constrain(gate_up[i], ("embed", None, "mlp")),
-            w_down_fd=w["w_down"][i].astype(dtype))
+            attn_norm=lay(w["attn_norm"][i], "norm"), mlp_norm=lay(w["mlp_norm"][i], "norm"),
+            qkv_dkce=lay(qkv[i], "embed", "kv_heads", None, "head_dim"),
+            wo_hed=lay(w["wo"][i].astype(dtype), "heads", "head_dim", "embed"),
+            gate_up_d2f=lay(gate_up[i], "embed", None, "mlp"),
+            w_down_fd=lay(w["w_down"][i].astype(dtype), "mlp", "embed"))
         if cfg.qkv_bias:
             layer["b_qkv_kce"] = jnp.concatenate(
                 [w["bq"][i].reshape(k, h // k, e), w["bk"][i][:, None], w["bv"][i][:, None]], axis=1).astype(dtype)
+            layer["b_qkv_kce"] = lay(layer["b_qkv_kce"], "kv_heads", None, "head_dim")
         layers.append(layer)
-    embed = model.embed[...]
-    head_dv = embed.T if cfg.tie_embeddings else model.lm_head[...]
+    embed = lay(model.embed[...], "vocab", "embed")
+    head_dv = embed.T if cfg.tie_embeddings else lay(model.lm_head[...], "embed", "vocab")
     cos_pe, sin_pe = rope_tables(cfg, jnp.arange(max_position)[None])
-    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype), final_norm=model.final_norm[...],
+    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype), final_norm=lay(model.final_norm[...], "norm"),
                 rope_cos_pe=cos_pe[0], rope_sin_pe=sin_pe[0])
 
 

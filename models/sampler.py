@@ -99,6 +99,17 @@ def _sampling_logits(logits_nv: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return x
 
 
+def _inverse_cdf(probs_nv: jax.Array, u_n: jax.Array) -> jax.Array:
+    """Inverse transform sampling: per row, the first index whose cumulative probability exceeds
+    u * total, for u ~ U[0, 1). Tokens of probability 0 (cut by top-k / top-p) are never chosen: the
+    cumulative sum does not rise at them. If rounding puts u * total at the very top, the last token of
+    positive probability is taken."""
+    cdf_nv = jnp.cumsum(probs_nv, axis=-1)
+    above_nv = cdf_nv > (u_n * cdf_nv[:, -1])[:, None]
+    last_positive_n = probs_nv.shape[-1] - 1 - jnp.argmax(probs_nv[:, ::-1] > 0, axis=-1)
+    return jnp.where(above_nv.any(-1), jnp.argmax(above_nv, axis=-1), last_positive_n).astype(jnp.int32)
+
+
 def _suffix_table(seqs: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-aligned stop sequences (n, width) with a validity mask."""
     table = np.full((max(len(seqs), 1), width), -1, np.int32)
@@ -118,7 +129,7 @@ def _left_aligned(seqs: Sequence[Sequence[int]]) -> np.ndarray:
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              in_think: jax.Array, rng: jax.Array, cfg: SamplingConfig, group_size: int,
-             num_segments: int = 4) -> SampleOutput:
+             num_segments: int = 4, gather_weights: bool = True) -> SampleOutput:
     """Samples `group_size` completions for each of B left-padded prompts (jit this; cfg/group_size static).
 
     Args:
@@ -131,6 +142,8 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
       group_size: G.
       num_segments: static; the decode loop is split into this many loops with growing attention windows
         (more segments: less attention work, one more compiled loop body each).
+      gather_weights: static; see `decode_weights` (True: data-parallel decoding with the weights gathered
+        over the batch axes once per call; False: FSDP-sharded weights, all-gathered at every token).
 
     Returns:
       SampleOutput with N = B * G rows.
@@ -150,7 +163,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
                           return_hidden=True)
     logits = model.logits(hidden[:, -1])
     cache = init_cache(cache.k, cache.v, prompt_mask, n, ends[0])
-    weights = decode_weights(model, p + t_max)
+    weights = decode_weights(model, p + t_max, gather_weights)
 
     # Row i samples from prompt i // G.
     rep = lambda x: jnp.repeat(x, group_size, axis=0)
@@ -161,6 +174,10 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
     forced_table = jnp.asarray(_left_aligned([cfg.budget_tokens, cfg.wait_tokens]))
     forced_len = jnp.asarray([len(cfg.budget_tokens), len(cfg.wait_tokens)], jnp.int32)
     eos_ids = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
+
+    # One uniform per (sequence, step), drawn before the loop, so that the loop makes no PRNG calls: on
+    # CPU each threefry call is a small while loop of its own (as many ops as a tiny model's whole step).
+    uniforms = jax.random.uniform(rng, (n, t_max)) if cfg.temperature > 0 else None
 
     zeros_i = jnp.zeros((n,), jnp.int32)
     state = dict(
@@ -180,9 +197,10 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
             sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             sample_logp = jnp.zeros((n,))
         else:
-            x = _sampling_logits(logits, cfg)
-            sampled = jax.random.categorical(jax.random.fold_in(rng, t), x, axis=-1).astype(jnp.int32)
-            sample_logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), sampled[:, None], -1)[:, 0]
+            sample_logp_nv = jax.nn.log_softmax(_sampling_logits(logits, cfg), axis=-1)
+            u_n = jax.lax.dynamic_index_in_dim(uniforms, t, axis=1, keepdims=False)
+            sampled = _inverse_cdf(jnp.exp(sample_logp_nv), u_n)
+            sample_logp = jnp.take_along_axis(sample_logp_nv, sampled[:, None], -1)[:, 0]
 
         # Forced tokens: start the budget suffix, or turn a </think> into "Wait" while waits are left.
         kind, pos = st["force_kind"], st["force_pos"]
@@ -269,16 +287,23 @@ class Completions:
 
 
 class Sampler:
-    """Compiles `generate` once per (SamplingConfig, G, batch, prompt bucket) and runs it on a mesh."""
+    """Compiles `generate` once per (SamplingConfig, G, batch, prompt bucket) and runs it on a mesh.
 
-    def __init__(self, model: Transformer, tokenizer=None, mesh: jax.sharding.Mesh | None = None):
+    The batch is split over the mesh's ('data', 'fsdp') axes. With `gather_weights` (the default) each
+    device decodes its rows with the whole weights (split over 'tensor' only), gathered once per call;
+    set it False when a model's weights (divided by the tensor axis) do not fit one device.
+    """
+
+    def __init__(self, model: Transformer, tokenizer=None, mesh: jax.sharding.Mesh | None = None,
+                 gather_weights: bool = True):
         self.graphdef, state = nnx.split(model)
         self.tokenizer = tokenizer
         self.mesh = mesh
         # parameters are kept as a plain nested dict (what the trainer's state holds too)
         self.shardings = nnx.to_pure_dict(param_shardings(state, mesh)) if mesh is not None else None
         self.set_params(nnx.to_pure_dict(state))
-        self._generate = jax.jit(functools.partial(generate, self.graphdef), static_argnames=("cfg", "group_size"))
+        self._generate = jax.jit(functools.partial(generate, self.graphdef, gather_weights=gather_weights),
+                                 static_argnames=("cfg", "group_size"))
 
     def set_params(self, params: Any) -> None:
         """Uses new policy parameters (a nested dict as from `nnx.to_pure_dict`), placed on the mesh."""

@@ -10,6 +10,7 @@ tensor axis of 4), so every preset runs on every mesh.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -32,6 +33,47 @@ LOGICAL_RULES: dict[str, Any] = {
     "layers": None,
     "norm": None,
 }
+
+
+ENV_CPU_DEVICES = "QUANT_CPU_DEVICES"
+MAX_CPU_DEVICES = 8
+
+
+def cpu_device_count(environ: dict[str, str] | None = None, cores: int | None = None) -> int | None:
+    """How many CPU devices `use_cpu_cores` asks for (None: the user's XLA_FLAGS / JAX setting decides).
+
+    QUANT_CPU_DEVICES=N asks for N. Otherwise, unless XLA_FLAGS has --xla_force_host_platform_device_count
+    or JAX_NUM_CPU_DEVICES is set, the largest power of two <= min(usable cores, 8), so that batch sizes
+    that are powers of two divide.
+    """
+    env = os.environ if environ is None else environ
+    asked = env.get(ENV_CPU_DEVICES, "").strip()
+    if asked:
+        if not asked.isdigit() or int(asked) < 1:
+            raise ValueError(f"{ENV_CPU_DEVICES}={asked!r} is not a positive integer")
+        return int(asked)
+    if "xla_force_host_platform_device_count" in env.get("XLA_FLAGS", "") or env.get("JAX_NUM_CPU_DEVICES"):
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 << (max(1, min(cores, MAX_CPU_DEVICES)).bit_length() - 1)
+
+
+def use_cpu_cores(environ: dict[str, str] | None = None) -> int | None:
+    """Makes JAX's CPU backend expose one device per core (see `cpu_device_count`); returns the count set.
+
+    XLA:CPU runs one device's program on about one core; only large matrix products use its thread
+    pool. With a device per core, a mesh over them runs data-parallel work (sampling, the train step) on
+    every core. Must run before JAX starts its backends (the `quant` CLI calls it first); afterwards it
+    changes nothing and returns None. GPU and TPU devices are unaffected: they stay the default devices.
+    """
+    count = cpu_device_count(environ)
+    from jax._src import xla_bridge
+
+    if count is None or xla_bridge.backends_are_initialized():
+        return None
+    jax.config.update("jax_num_cpu_devices", count)
+    return count
 
 
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -96,4 +96,25 @@ g = shard_batch(mesh, x)
 assert not g.is_fully_addressable and len(g.addressable_shards) == 2
 np.testing.assert_array_equal(to_host(jax.jit(lambda a: a * 2)(g)), 2 * x)
 
+# evaluation scoring: each process verifies its share of the samples; the report is the one-process one
+from grpo import evaluate  # noqa: E402
+from rewards import math as math_reward  # noqa: E402
+
+problems = [{"id": "a", "answer": "1/2"}, {"id": "b", "answer": "3"}, {"id": "c", "answer": "x+1"}]
+completions = {"a": ["\\boxed{0.5}", "\\boxed{2/4}", "\\boxed{1}"], "b": ["\\boxed{3}", "\\boxed{4}", "\\boxed{3.0}"],
+               "c": ["\\boxed{1+x}", "no answer", "\\boxed{x+2}"]}
+seen = []
+real_verify = math_reward.default_verifier().verify_batch
+evaluate.verify_batch = lambda preds, golds, **kw: (seen.append(list(preds)), real_verify(preds, golds, **kw))[1]
+report = evaluate.score_completions(problems, completions)
+assert len(seen[0]) == (5 if me == 0 else 4), seen  # 9 samples: process 0 verifies 5, process 1 four
+multihost._started = False  # the same scoring as one process, for reference
+alone = evaluate.score_completions(problems, completions)
+multihost._started = True
+# the same verdicts and metrics; only how the verifier got there (sympy or its cache) may differ
+stats, alone_stats = report.pop("verify_stats"), alone.pop("verify_stats")
+assert report == alone, (report, alone)
+assert all(stats[k] == alone_stats[k] for k in ("items", "no_answer", "errors")), (stats, alone_stats)
+assert [r["num_correct"] for r in report["problems"]] == [2, 2, 1] and stats["items"] == 9
+
 print(f"ok {me}", flush=True)

@@ -1,13 +1,15 @@
 """The KV-cache sampler against full forward passes, `transformers.generate`, and exact stop rules."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from models import hf
-from models.sampler import EOS, LENGTH, STOP, Sampler, SamplingConfig, bucket_length
-from models.sharding import make_mesh
+from models.sampler import EOS, LENGTH, STOP, Sampler, SamplingConfig, _inverse_cdf, bucket_length
+from models.sharding import make_mesh, shard_batch
 from tests.hf_fixtures import VOCAB, make_checkpoint
 
 PROMPTS = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 8, 60, 61, 62, 3]]
@@ -194,6 +196,52 @@ def test_mesh_samples_equal_single_device(model, sampler):
     assert len(b.device.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.logp, b.logp, atol=1e-5)
+
+
+def _loop_collectives(compiled_text: str) -> set[str]:
+    """The collective ops in the bodies of a compiled program's decode loops: the while loops without a
+    known trip count (the prefill's scan over layers has one)."""
+    bodies = {m.group(1) for line in compiled_text.splitlines() if " while(" in line and "known_trip_count" not in line
+              for m in [re.search(r"body=%?([\w.\-]+)", line)] if m}
+    assert len(bodies) == 4, bodies  # one loop per decode segment
+    found = set()
+    for block in re.split(r"\n(?=\S)", compiled_text):  # one computation per unindented header
+        name = re.match(r"(?:ENTRY )?%?([\w.\-]+)", block)
+        if name and name.group(1) in bodies:
+            found |= set(re.findall(r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)"
+                                    r"(?:-start)?\(", block))
+    return found
+
+
+def test_gathered_weights_decode_without_collectives(model, sampler):
+    """On an FSDP mesh, the decode loop uses weights gathered once per call (no collective per token);
+    gather_weights=False keeps them sharded (all-gathered inside the loop). Both sample exactly alike."""
+    mesh = make_mesh((1, 4, 1), devices=jax.devices()[:4])
+    ref = sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+    for gather in (True, False):
+        s = Sampler(model, mesh=mesh, gather_weights=gather)
+        assert s.params["layers"]["w_gate"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)
+        tokens, mask = s.pad_prompts(PROMPTS + [[3, 4]])
+        args = shard_batch(mesh, (tokens, mask, np.zeros(len(tokens), bool)))
+        with jax.set_mesh(mesh):
+            text = s._generate.lower(s.params, *args, jax.random.key(7), cfg=NUCLEUS, group_size=2).compile().as_text()
+        collectives = _loop_collectives(text)
+        assert (collectives == set()) if gather else ("all-gather" in collectives), collectives
+        out = s.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+        np.testing.assert_array_equal(out.tokens, ref.tokens)
+        np.testing.assert_allclose(out.logp, ref.logp, atol=1e-5)
+
+
+def test_inverse_cdf_draws_in_proportion_and_never_a_cut_token():
+    """Uniforms on an even grid land on each token exactly in proportion to its probability; tokens of
+    probability 0 are never drawn, also when u * total rounds to the top."""
+    probs = jnp.asarray([[0.5, 0.0, 0.2, 0.3, 0.0]] * 1000)
+    u = (jnp.arange(1000) + 0.5) / 1000
+    drawn = np.asarray(_inverse_cdf(probs, u))
+    np.testing.assert_array_equal(np.bincount(drawn, minlength=5), [500, 0, 200, 300, 0])
+    top = np.nextafter(np.float32(1), np.float32(0))
+    edge = _inverse_cdf(jnp.asarray([[0.25, 0.75, 0.0], [0.1, 0.0, 0.0]]), jnp.asarray([top, top]))
+    np.testing.assert_array_equal(np.asarray(edge), [1, 0])
 
 
 def test_bad_config_errors():

@@ -1,5 +1,10 @@
 """The model on a (2, 2, 2) mesh of 8 fake CPU devices: same numbers, parameters where the rules say."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +12,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from models import hf
-from models.sharding import logical_to_spec, make_mesh, shard_batch
+from models.sharding import cpu_device_count, logical_to_spec, make_mesh, shard_batch
 from models.transformer import positions_from_mask
 from tests.hf_fixtures import make_checkpoint
 from tests.test_transformer import batch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,24 @@ def test_make_mesh_errors():
         make_mesh((2, 4, 2))
     with pytest.raises(ValueError, match="must have 3 entries"):
         make_mesh((8,))
+
+
+def test_cpu_device_count_follows_cores_and_settings():
+    count = lambda env, cores=None: cpu_device_count(env, cores)
+    assert [count({}, c) for c in (1, 2, 3, 4, 6, 12, 64)] == [1, 2, 2, 4, 4, 8, 8]  # powers of two, <= 8
+    assert count({"QUANT_CPU_DEVICES": "3"}, 2) == 3
+    assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, 2) is None  # the user's choice
+    assert count({"JAX_NUM_CPU_DEVICES": "4"}, 2) is None
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match=f"QUANT_CPU_DEVICES='{bad}' is not a positive integer"):
+            count({"QUANT_CPU_DEVICES": bad})
+
+
+def test_use_cpu_cores_before_and_after_jax_starts():
+    """In a fresh process it sets the device count; once the backend runs it changes nothing."""
+    code = ("from models.sharding import use_cpu_cores; print(use_cpu_cores()); import jax; "
+            "print(jax.device_count(), jax.devices()[0].platform); print(use_cpu_cores())")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, QUANT_CPU_DEVICES="3", JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.split("\n")[:3] == ["3", "3 cpu", "None"], out.stderr
