@@ -50,6 +50,7 @@ def process_envs(processes: int, port: int, cpu_devices: int | None, base: dict[
         env.pop("QUANT_DISTRIBUTED", None)
         if cpu_devices:
             env["XLA_FLAGS"] = with_device_count(env.get("XLA_FLAGS", ""), cpu_devices)
+            env.pop("QUANT_CPU_DEVICES", None)  # would override the flag (models/sharding.py)
             env["JAX_PLATFORMS"] = "cpu"
         if gpus:  # process i gets GPUs [i * gpus, (i + 1) * gpus)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(i * gpus, (i + 1) * gpus))

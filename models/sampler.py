@@ -99,17 +99,6 @@ def _sampling_logits(logits_nv: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return x
 
 
-def _inverse_cdf(probs_nv: jax.Array, u_n: jax.Array) -> jax.Array:
-    """Inverse transform sampling: per row, the first index whose cumulative probability exceeds
-    u * total, for u ~ U[0, 1). Tokens of probability 0 (cut by top-k / top-p) are never chosen: the
-    cumulative sum does not rise at them. If rounding puts u * total at the very top, the last token of
-    positive probability is taken."""
-    cdf_nv = jnp.cumsum(probs_nv, axis=-1)
-    above_nv = cdf_nv > (u_n * cdf_nv[:, -1])[:, None]
-    last_positive_n = probs_nv.shape[-1] - 1 - jnp.argmax(probs_nv[:, ::-1] > 0, axis=-1)
-    return jnp.where(above_nv.any(-1), jnp.argmax(above_nv, axis=-1), last_positive_n).astype(jnp.int32)
-
-
 def _suffix_table(seqs: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-aligned stop sequences (n, width) with a validity mask."""
     table = np.full((max(len(seqs), 1), width), -1, np.int32)
@@ -175,10 +164,6 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
     forced_len = jnp.asarray([len(cfg.budget_tokens), len(cfg.wait_tokens)], jnp.int32)
     eos_ids = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
 
-    # One uniform per (sequence, step), drawn before the loop, so that the loop makes no PRNG calls: on
-    # CPU each threefry call is a small while loop of its own (as many ops as a tiny model's whole step).
-    uniforms = jax.random.uniform(rng, (n, t_max)) if cfg.temperature > 0 else None
-
     zeros_i = jnp.zeros((n,), jnp.int32)
     state = dict(
         t=jnp.int32(0), logits=logits, cache=cache,
@@ -197,10 +182,9 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
             sampled = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             sample_logp = jnp.zeros((n,))
         else:
-            sample_logp_nv = jax.nn.log_softmax(_sampling_logits(logits, cfg), axis=-1)
-            u_n = jax.lax.dynamic_index_in_dim(uniforms, t, axis=1, keepdims=False)
-            sampled = _inverse_cdf(jnp.exp(sample_logp_nv), u_n)
-            sample_logp = jnp.take_along_axis(sample_logp_nv, sampled[:, None], -1)[:, 0]
+            x = _sampling_logits(logits, cfg)
+            sampled = jax.random.categorical(jax.random.fold_in(rng, t), x, axis=-1).astype(jnp.int32)
+            sample_logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), sampled[:, None], -1)[:, 0]
 
         # Forced tokens: start the budget suffix, or turn a </think> into "Wait" while waits are left.
         kind, pos = st["force_kind"], st["force_pos"]

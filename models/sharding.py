@@ -42,9 +42,10 @@ MAX_CPU_DEVICES = 8
 def cpu_device_count(environ: dict[str, str] | None = None, cores: int | None = None) -> int | None:
     """How many CPU devices `use_cpu_cores` asks for (None: the user's XLA_FLAGS / JAX setting decides).
 
-    QUANT_CPU_DEVICES=N asks for N. Otherwise, unless XLA_FLAGS has --xla_force_host_platform_device_count
-    or JAX_NUM_CPU_DEVICES is set, the largest power of two <= min(usable cores, 8), so that batch sizes
-    that are powers of two divide.
+    QUANT_CPU_DEVICES=N asks for N (it wins over XLA's flag). Otherwise, unless XLA_FLAGS has
+    --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES is set, the largest power of two <=
+    min(usable cores, 8), so that batch sizes that are powers of two divide; processes started together
+    on this machine (a loopback coordinator) split its cores.
     """
     env = os.environ if environ is None else environ
     asked = env.get(ENV_CPU_DEVICES, "").strip()
@@ -56,6 +57,9 @@ def cpu_device_count(environ: dict[str, str] | None = None, cores: int | None = 
         return None
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    num = env.get("QUANT_NUM_PROCESSES", "")
+    if env.get("QUANT_COORDINATOR", "").startswith(("127.", "localhost")) and num.isdigit() and int(num) > 1:
+        cores //= int(num)  # several processes on this machine (launch/local.py) share its cores
     return 1 << (max(1, min(cores, MAX_CPU_DEVICES)).bit_length() - 1)
 
 

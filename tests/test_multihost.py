@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from grpo import multihost
+from models.sharding import cpu_device_count
 from rewards import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,12 @@ def test_local_launcher_dry_run_prints_each_process():
 def test_local_launcher_replaces_the_device_count_flag():
     flags = "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8"
     assert local_launch.with_device_count(flags, 4) == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=4"
+    # --cpu-devices wins over an exported QUANT_CPU_DEVICES (which would override XLA's flag)
+    envs = local_launch.process_envs(2, 4567, 4, {"XLA_FLAGS": flags, "QUANT_CPU_DEVICES": "1"})
+    assert all("QUANT_CPU_DEVICES" not in e and cpu_device_count(e) is None for e in envs)
+    # without it, the processes split this machine's cores
+    envs = local_launch.process_envs(2, 4567, None, {})
+    assert [cpu_device_count(e, cores=8) for e in envs] == [4, 4]
 
 
 def test_local_launcher_stops_the_others_and_returns_the_failure(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models import hf
-from models.sampler import EOS, LENGTH, STOP, Sampler, SamplingConfig, _inverse_cdf, bucket_length
+from models.sampler import EOS, LENGTH, STOP, Sampler, SamplingConfig, bucket_length
 from models.sharding import make_mesh, shard_batch
 from tests.hf_fixtures import VOCAB, make_checkpoint
 
@@ -230,18 +230,6 @@ def test_gathered_weights_decode_without_collectives(model, sampler):
         out = s.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
         np.testing.assert_array_equal(out.tokens, ref.tokens)
         np.testing.assert_allclose(out.logp, ref.logp, atol=1e-5)
-
-
-def test_inverse_cdf_draws_in_proportion_and_never_a_cut_token():
-    """Uniforms on an even grid land on each token exactly in proportion to its probability; tokens of
-    probability 0 are never drawn, also when u * total rounds to the top."""
-    probs = jnp.asarray([[0.5, 0.0, 0.2, 0.3, 0.0]] * 1000)
-    u = (jnp.arange(1000) + 0.5) / 1000
-    drawn = np.asarray(_inverse_cdf(probs, u))
-    np.testing.assert_array_equal(np.bincount(drawn, minlength=5), [500, 0, 200, 300, 0])
-    top = np.nextafter(np.float32(1), np.float32(0))
-    edge = _inverse_cdf(jnp.asarray([[0.25, 0.75, 0.0], [0.1, 0.0, 0.0]]), jnp.asarray([top, top]))
-    np.testing.assert_array_equal(np.asarray(edge), [1, 0])
 
 
 def test_bad_config_errors():

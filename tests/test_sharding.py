@@ -95,6 +95,9 @@ def test_cpu_device_count_follows_cores_and_settings():
     assert count({"QUANT_CPU_DEVICES": "3"}, 2) == 3
     assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, 2) is None  # the user's choice
     assert count({"JAX_NUM_CPU_DEVICES": "4"}, 2) is None
+    local = {"QUANT_COORDINATOR": "127.0.0.1:5000", "QUANT_NUM_PROCESSES": "2"}  # launch/local.py
+    assert count(local, 8) == 4 and count(local, 2) == 1
+    assert count(dict(local, QUANT_COORDINATOR="node-1:5000"), 8) == 8  # processes on other hosts
     for bad in ("0", "two", "-1"):
         with pytest.raises(ValueError, match=f"QUANT_CPU_DEVICES='{bad}' is not a positive integer"):
             count({"QUANT_CPU_DEVICES": bad})
