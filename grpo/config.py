@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rollout = ml_collections.ConfigDict(dict(
         group_size=8, max_new_tokens=512, temperature=1.0, top_p=1.0, top_k=0, think_budget=0,
         stop=(), dynamic_sampling=False, max_sampling_rounds=3, mask_truncated=False,
-        # decode with the weights gathered over ('data', 'fsdp') once per rollout (split over 'tensor'
+        # decode with the weights gathered over ('data', 'fsdp') once per sampler call (split over 'tensor'
         # only); False keeps them FSDP-sharded, for models that do not fit one device (slower: every
         # token all-gathers them)
         gather_weights=True))

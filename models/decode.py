@@ -60,15 +60,15 @@ def decode_weights(model: Transformer, max_position: int, gather: bool = True) -
             gate_up_d2f=lay(gate_up[i], "embed", None, "mlp"),
             w_down_fd=lay(w["w_down"][i].astype(dtype), "mlp", "embed"))
         if cfg.qkv_bias:
-            layer["b_qkv_kce"] = jnp.concatenate(
-                [w["bq"][i].reshape(k, h // k, e), w["bk"][i][:, None], w["bv"][i][:, None]], axis=1).astype(dtype)
-            layer["b_qkv_kce"] = lay(layer["b_qkv_kce"], "kv_heads", None, "head_dim")
+            b_qkv = jnp.concatenate([w["bq"][i].reshape(k, h // k, e), w["bk"][i][:, None], w["bv"][i][:, None]],
+                                    axis=1)
+            layer["b_qkv_kce"] = lay(b_qkv.astype(dtype), "kv_heads", None, "head_dim")
         layers.append(layer)
     embed = lay(model.embed[...], "vocab", "embed")
     head_dv = embed.T if cfg.tie_embeddings else lay(model.lm_head[...], "embed", "vocab")
     cos_pe, sin_pe = rope_tables(cfg, jnp.arange(max_position)[None])
-    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype), final_norm=lay(model.final_norm[...], "norm"),
-                rope_cos_pe=cos_pe[0], rope_sin_pe=sin_pe[0])
+    return dict(layers=layers, embed_vd=embed, head_dv=head_dv.astype(dtype),
+                final_norm=lay(model.final_norm[...], "norm"), rope_cos_pe=cos_pe[0], rope_sin_pe=sin_pe[0])
 
 
 @flax.struct.dataclass

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models import hf
-from models.sampler import EOS, LENGTH, STOP, Sampler, SamplingConfig, bucket_length
+from models.sampler import LENGTH, Sampler, SamplingConfig, bucket_length
 from models.sharding import make_mesh, shard_batch
-from tests.hf_fixtures import VOCAB, make_checkpoint
+from tests.hf_fixtures import make_checkpoint
 
 PROMPTS = [[5, 17, 33, 2, 9], [40, 41], [7, 7, 8, 60, 61, 62, 3]]
 OPEN, CLOSE = 90, 91  # token ids playing <think> / </think> in these tests
