@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Sequence
 
 import flax.struct
@@ -26,10 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 from models.decode import decode_step, decode_weights, init_cache
-from models.sharding import BATCH_AXES, param_shardings, shard_batch, to_host
+from models.sharding import param_shardings, shard_batch, to_host
 from models.transformer import KVCache, Transformer
 
 # finish codes
@@ -120,7 +118,7 @@ def _left_aligned(seqs: Sequence[Sequence[int]]) -> np.ndarray:
 
 def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prompt_mask: jax.Array,
              in_think: jax.Array, rng: jax.Array, cfg: SamplingConfig, group_size: int,
-             num_segments: int = 4, gather_weights: bool = True, row_offset: jax.Array | int = 0) -> SampleOutput:
+             num_segments: int = 4, gather_weights: bool = True) -> SampleOutput:
     """Samples `group_size` completions for each of B left-padded prompts (jit this; cfg/group_size static).
 
     Args:
@@ -135,9 +133,6 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
         (more segments: less attention work, one more compiled loop body each).
       gather_weights: static; see `decode_weights` (True: data-parallel decoding with the weights gathered
         over the batch axes once per call; False: FSDP-sharded weights, all-gathered at every token).
-      row_offset: the global index of this call's first row (nonzero for a device's share under
-        `shard_map`). Row r's draws depend only on (rng, r, step), so any split of the batch over devices
-        samples the same completions.
 
     Returns:
       SampleOutput with N = B * G rows.
@@ -169,8 +164,6 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
     forced_len = jnp.asarray([len(cfg.budget_tokens), len(cfg.wait_tokens)], jnp.int32)
     eos_ids = jnp.asarray(cfg.eos_ids or (-1,), jnp.int32)
 
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, row_offset + jnp.arange(n))
-    draw = jax.vmap(lambda key, t, x: jax.random.categorical(jax.random.fold_in(key, t), x), (0, None, 0))
     zeros_i = jnp.zeros((n,), jnp.int32)
     state = dict(
         t=jnp.int32(0), logits=logits, cache=cache,
@@ -190,7 +183,7 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
             sample_logp = jnp.zeros((n,))
         else:
             x = _sampling_logits(logits, cfg)
-            sampled = draw(row_keys, t, x).astype(jnp.int32)
+            sampled = jax.random.categorical(jax.random.fold_in(rng, t), x, axis=-1).astype(jnp.int32)
             sample_logp = jnp.take_along_axis(jax.nn.log_softmax(x, axis=-1), sampled[:, None], -1)[:, 0]
 
         # Forced tokens: start the budget suffix, or turn a </think> into "Wait" while waits are left.
@@ -244,26 +237,6 @@ def generate(graphdef: nnx.GraphDef, params: Any, prompt_tokens: jax.Array, prom
                         finish=st["finish"], budget_forced=st["budget_forced"])
 
 
-def _generate_per_device(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, params: Any, prompt_tokens: jax.Array,
-                         prompt_mask: jax.Array, in_think: jax.Array, rng: jax.Array, cfg: SamplingConfig,
-                         group_size: int) -> SampleOutput:
-    """`generate` with gathered weights, run by each device on its share of the prompts (jit this).
-
-    The prompts (B, divisible by the batch axes) are split over ('data', 'fsdp') and every device
-    decodes its rows in its own loop: the loop condition needs no all-reduce, which otherwise syncs the
-    devices at every token. A 'tensor' axis stays automatic (weights split over it, as `decode_weights`
-    lays them out). Rows keep their global index for the RNG, so the samples equal one device's.
-    """
-    def local(params, tokens, mask, in_think, rng):
-        offset = jax.lax.axis_index(BATCH_AXES) * (tokens.shape[0] * group_size)
-        return generate(graphdef, params, tokens, mask, in_think, rng, cfg, group_size, row_offset=offset)
-
-    rows = P(BATCH_AXES)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, rows, P()), out_specs=rows,
-                         axis_names=set(BATCH_AXES), check_vma=False)(params, prompt_tokens, prompt_mask,
-                                                                         in_think, rng)
-
-
 # ---- host side -----------------------------------------------------------------------------------------
 
 def bucket_length(n: int, minimum: int = 16) -> int:
@@ -301,8 +274,7 @@ class Sampler:
     """Compiles `generate` once per (SamplingConfig, G, batch, prompt bucket) and runs it on a mesh.
 
     The batch is split over the mesh's ('data', 'fsdp') axes. With `gather_weights` (the default) each
-    device decodes its rows with the whole weights (split over 'tensor' only), gathered once per call,
-    in its own decode loop (a shard_map over the batch axes, when they divide the number of prompts);
+    device decodes its rows with the whole weights (split over 'tensor' only), gathered once per call;
     set it False when a model's weights (divided by the tensor axis) do not fit one device.
     """
 
@@ -316,13 +288,6 @@ class Sampler:
         self.set_params(nnx.to_pure_dict(state))
         self._generate = jax.jit(functools.partial(generate, self.graphdef, gather_weights=gather_weights),
                                  static_argnames=("cfg", "group_size"))
-        # With gathered weights, each device runs its own decode loop on its rows (shard_map over the batch
-        # axes): no cross-device step in the loop, and a device stops when its own rows are done.
-        self._batch_devices = math.prod(mesh.shape[a] for a in BATCH_AXES) if mesh is not None else 1
-        self._generate_local = None
-        if gather_weights and self._batch_devices > 1:
-            self._generate_local = jax.jit(functools.partial(_generate_per_device, self.graphdef, mesh),
-                                           static_argnames=("cfg", "group_size"))
 
     def set_params(self, params: Any) -> None:
         """Uses new policy parameters (a nested dict as from `nnx.to_pure_dict`), placed on the mesh."""
@@ -392,10 +357,8 @@ class Sampler:
         args = (tokens, mask, in_think)
         if self.mesh is not None:
             args = shard_batch(self.mesh, args)
-            local = self._generate_local is not None and len(tokens) % self._batch_devices == 0
             with jax.set_mesh(self.mesh):
-                out = (self._generate_local if local else self._generate)(self.params, *args, rng, cfg=cfg,
-                                                                          group_size=group_size)
+                out = self._generate(self.params, *args, rng, cfg=cfg, group_size=group_size)
         else:
             out = self._generate(self.params, *args, rng, cfg=cfg, group_size=group_size)
         n = num * group_size

@@ -131,9 +131,7 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int] | None = N
         axes = (axes,) if isinstance(axes, str) else tuple(axes)
         axes = tuple(a for a in axes if a not in used)
         if mesh is not None:
-            # axes made manual by an enclosing shard_map are already split off: size 1 inside it
-            manual = set(getattr(mesh, "manual_axes", ()))
-            sizes = {a: 1 if a in manual else s for a, s in zip(mesh.axis_names, mesh.axis_sizes)}
+            sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
             axes = tuple(a for a in axes if sizes.get(a, 1) > 1)
             if shape is not None and axes and shape[i] % math.prod(sizes[a] for a in axes):
                 axes = ()
@@ -152,7 +150,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     Outside a mesh context (plain single-device calls) there is nothing to constrain.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.are_all_axes_manual:
+    if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
 

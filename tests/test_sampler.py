@@ -188,25 +188,21 @@ def test_shared_prompt_cache_equals_one_copy_per_sample(sampler):
 
 
 def test_mesh_samples_equal_single_device(model, sampler):
-    """4 prompts on a (2, 2, 2) mesh: a decode loop per device pair (shard_map over the batch axes, the
-    tensor axis automatic); 3 prompts, which the batch axes do not divide: one loop over the mesh."""
     mesh_sampler = Sampler(model, mesh=make_mesh((2, 2, 2)))
     leaf = mesh_sampler.params["layers"]["wq"]
     assert leaf.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
-    for prompts in (PROMPTS + [[3, 4]], PROMPTS):
-        a = sampler.sample(prompts, NUCLEUS, group_size=2, seed=7)
-        b = mesh_sampler.sample(prompts, NUCLEUS, group_size=2, seed=7)
-        assert len(b.device.tokens.sharding.device_set) == 8
-        np.testing.assert_array_equal(a.tokens, b.tokens)
-        np.testing.assert_allclose(a.logp, b.logp, atol=1e-5)
-        np.testing.assert_allclose(a.logp_sample, b.logp_sample, atol=1e-5)
+    a = sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+    b = mesh_sampler.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
+    assert len(b.device.tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.logp, b.logp, atol=1e-5)
 
 
-def _loop_collectives(compiled_text: str, part: str = "body") -> set[str]:
-    """The collective ops in the bodies (or conditions) of a compiled program's decode loops: the while
-    loops without a known trip count (the prefill's scan over layers has one)."""
+def _loop_collectives(compiled_text: str) -> set[str]:
+    """The collective ops in the bodies of a compiled program's decode loops: the while loops without a
+    known trip count (the prefill's scan over layers has one)."""
     bodies = {m.group(1) for line in compiled_text.splitlines() if " while(" in line and "known_trip_count" not in line
-              for m in [re.search(part + r"=%?([\w.\-]+)", line)] if m}
+              for m in [re.search(r"body=%?([\w.\-]+)", line)] if m}
     assert len(bodies) == 4, bodies  # one loop per decode segment
     found = set()
     for block in re.split(r"\n(?=\S)", compiled_text):  # one computation per unindented header
@@ -229,11 +225,6 @@ def test_gathered_weights_decode_without_collectives(model, sampler):
         args = shard_batch(mesh, (tokens, mask, np.zeros(len(tokens), bool)))
         with jax.set_mesh(mesh):
             text = s._generate.lower(s.params, *args, jax.random.key(7), cfg=NUCLEUS, group_size=2).compile().as_text()
-            if gather:  # each device's own loop: not even the loop condition syncs the devices
-                local = s._generate_local.lower(s.params, *args, jax.random.key(7), cfg=NUCLEUS,
-                                                group_size=2).compile().as_text()
-                assert _loop_collectives(local) | _loop_collectives(local, "condition") == set()
-                assert "all-reduce" in _loop_collectives(text, "condition")  # the mesh-wide loop's condition
         collectives = _loop_collectives(text)
         assert (collectives == set()) if gather else ("all-gather" in collectives), collectives
         out = s.sample(PROMPTS + [[3, 4]], NUCLEUS, group_size=2, seed=7)
